@@ -22,7 +22,7 @@ from zoetrope.errors import CheckpointError
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-WRAPPER_KEYS = ("state_dict", "model", "module")
+WRAPPER_KEYS = ("state_dict", "model", "module", "controlnet")
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -1,0 +1,265 @@
+"""The AnimateDiff motion module: a temporal transformer over the frame axis.
+
+One implementation serves every public version (v1, v2, v3, SDXL beta), training, MotionLoRA and SparseCtrl;
+versions differ only by `MotionModuleConfig` (DESIGN principle 2). The maths follows the official
+`VanillaTemporalModule` / `TemporalTransformer3DModel` (guoyww/AnimateDiff, `animatediff/models/motion_module.py`):
+
+    x (b f) c h w -> GroupNorm -> (b h w) f c -> proj_in -> [LayerNorm -> +PE -> self-attention over f -> +x]*n
+      -> LayerNorm -> GEGLU feed-forward -> +x -> proj_out -> (b f) c h w -> + input
+
+Two details decide parity with the released checkpoints:
+- the sinusoidal positional encoding is added to the *LayerNormed input of each attention*, not to the residual
+  stream (official `VersatileAttention.forward`);
+- the input GroupNorm is per frame in the official SD1.5 code but joint over frames in the SDXL beta code and in
+  diffusers' `AnimateDiffTransformer3D`; `norm_mode` selects between them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from zoetrope.errors import ConfigError
+
+NormMode = Literal["per_frame", "joint"]
+NORM_MODES = ("per_frame", "joint")
+
+
+@dataclass(frozen=True)
+class MotionModuleConfig:
+    """Shape and behaviour of a set of motion modules; defaults reproduce AnimateDiff v3 for SD1.5.
+
+    `norm_mode` is the motion module's own input GroupNorm; `unet_norm_mode` is how the *image* UNet's ResNet
+    GroupNorms (and `conv_norm_out`) pool statistics once inflated: AnimateDiff v1 was trained with them joint over
+    frames (official `use_inflated_groupnorm: false`), v2/v3 per frame. `max_frames` is the length of the
+    positional encoding, taken from the checkpoint (24 for v1, 32 for v2/v3/SDXL).
+    """
+
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    layers_per_block: int = 2
+    mid_block: bool = False
+    num_attention_heads: int = 8
+    num_transformer_blocks: int = 1
+    attentions_per_block: int = 2
+    max_frames: int = 32
+    norm_num_groups: int = 32
+    norm_mode: NormMode = "per_frame"
+    unet_norm_mode: NormMode = "per_frame"
+    zero_init: bool = True
+    version: str = "v3"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "block_out_channels", tuple(int(c) for c in self.block_out_channels))
+        for name in ("norm_mode", "unet_norm_mode"):
+            if getattr(self, name) not in NORM_MODES:
+                raise ConfigError(f"MotionModuleConfig.{name}={getattr(self, name)!r}; expected one of {NORM_MODES}")
+        for channels in self.block_out_channels:
+            if channels % self.num_attention_heads:
+                raise ConfigError(
+                    f"MotionModuleConfig: {channels} channels do not split into {self.num_attention_heads} heads; "
+                    "choose num_attention_heads dividing every block width"
+                )
+            if channels % self.norm_num_groups:
+                raise ConfigError(
+                    f"MotionModuleConfig: {channels} channels do not split into {self.norm_num_groups} GroupNorm groups"
+                )
+        if self.max_frames < 1 or self.layers_per_block < 1 or self.attentions_per_block < 1:
+            raise ConfigError("MotionModuleConfig: max_frames, layers_per_block, attentions_per_block must be >= 1")
+
+    def to_dict(self) -> dict:
+        return {
+            "block_out_channels": list(self.block_out_channels),
+            "layers_per_block": self.layers_per_block,
+            "mid_block": self.mid_block,
+            "num_attention_heads": self.num_attention_heads,
+            "num_transformer_blocks": self.num_transformer_blocks,
+            "attentions_per_block": self.attentions_per_block,
+            "max_frames": self.max_frames,
+            "norm_num_groups": self.norm_num_groups,
+            "norm_mode": self.norm_mode,
+            "unet_norm_mode": self.unet_norm_mode,
+            "zero_init": self.zero_init,
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "MotionModuleConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"MotionModuleConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        return cls(**values)
+
+    def with_(self, **changes: object) -> "MotionModuleConfig":
+        return replace(self, **changes)
+
+
+#: Presets for the public checkpoints (official configs/inference/inference-v{1,2,3}.yaml and the sdxl branch).
+PRESETS: dict[str, MotionModuleConfig] = {
+    "v1": MotionModuleConfig(max_frames=24, unet_norm_mode="joint", version="v1"),
+    "v2": MotionModuleConfig(max_frames=32, mid_block=True, version="v2"),
+    "v3": MotionModuleConfig(max_frames=32, version="v3"),
+    "sdxl": MotionModuleConfig(block_out_channels=(320, 640, 1280), max_frames=32, norm_mode="joint", version="sdxl"),
+}
+
+
+def sinusoidal_encoding(length: int, channels: int) -> torch.Tensor:
+    """The standard transformer sinusoid (Vaswani et al. 2017, §3.5), shape (1, length, channels).
+
+    Identical to the official `PositionalEncoding`: sin on even channels, cos on odd ones.
+    """
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    frequency = torch.exp(torch.arange(0, channels, 2, dtype=torch.float32) * (-math.log(10000.0) / channels))
+    encoding = torch.zeros(1, length, channels)
+    encoding[0, :, 0::2] = torch.sin(position * frequency)
+    encoding[0, :, 1::2] = torch.cos(position * frequency)
+    return encoding
+
+
+class TemporalAttention(nn.Module):
+    """Multi-head self-attention across frames, independently at every spatial location.
+
+    Input and output are `(batch*height*width, frames, channels)`. The positional encoding is added to the
+    (already LayerNormed) input from which queries, keys and values are computed, as in the official code.
+    """
+
+    def __init__(self, channels: int, num_heads: int, max_frames: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.to_q = nn.Linear(channels, channels, bias=False)
+        self.to_k = nn.Linear(channels, channels, bias=False)
+        self.to_v = nn.Linear(channels, channels, bias=False)
+        self.to_out = nn.Linear(channels, channels)
+        self.register_buffer("pos_encoding", sinusoidal_encoding(max_frames, channels), persistent=True)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        num_frames = tokens.shape[1]
+        tokens = tokens + self.pos_encoding[:, :num_frames].to(tokens.dtype)
+        query, key, value = (
+            rearrange(projection(tokens), "n f (heads d) -> n heads f d", heads=self.num_heads)
+            for projection in (self.to_q, self.to_k, self.to_v)
+        )
+        attended = F.scaled_dot_product_attention(query, key, value)
+        return self.to_out(rearrange(attended, "n heads f d -> n f (heads d)"))
+
+
+class GEGLUFeedForward(nn.Module):
+    """Gated-GELU feed-forward (Shazeer 2020), width 4x: the diffusers-0.11 `FeedForward(activation_fn="geglu")`."""
+
+    def __init__(self, channels: int, multiplier: int = 4) -> None:
+        super().__init__()
+        self.proj_in = nn.Linear(channels, 2 * multiplier * channels)
+        self.proj_out = nn.Linear(multiplier * channels, channels)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        hidden, gate = self.proj_in(tokens).chunk(2, dim=-1)
+        return self.proj_out(hidden * F.gelu(gate))
+
+
+class TemporalTransformerBlock(nn.Module):
+    """Pre-norm residual block: `attentions_per_block` temporal self-attentions, then a GEGLU feed-forward."""
+
+    def __init__(self, channels: int, num_heads: int, num_attentions: int, max_frames: int) -> None:
+        super().__init__()
+        self.attention_norms = nn.ModuleList(nn.LayerNorm(channels) for _ in range(num_attentions))
+        self.attentions = nn.ModuleList(
+            TemporalAttention(channels, num_heads, max_frames) for _ in range(num_attentions)
+        )
+        self.ff_norm = nn.LayerNorm(channels)
+        self.ff = GEGLUFeedForward(channels)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        for norm, attention in zip(self.attention_norms, self.attentions):
+            tokens = attention(norm(tokens)) + tokens
+        return self.ff(self.ff_norm(tokens)) + tokens
+
+
+class MotionModule(nn.Module):
+    """One temporal transformer inserted into the image UNet; maps `(b f) c h w` to the same shape.
+
+    `forward` returns `input + strength * delta`, where `delta` is the transformer's output; strength 1 is the
+    trained behaviour, 0 switches the module off (the image model per frame), values between blend motion in.
+    """
+
+    def __init__(self, channels: int, config: MotionModuleConfig) -> None:
+        super().__init__()
+        self.norm_mode = config.norm_mode
+        self.norm = nn.GroupNorm(config.norm_num_groups, channels, eps=1e-6, affine=True)
+        self.proj_in = nn.Linear(channels, channels)
+        self.transformer_blocks = nn.ModuleList(
+            TemporalTransformerBlock(channels, config.num_attention_heads, config.attentions_per_block, config.max_frames)
+            for _ in range(config.num_transformer_blocks)
+        )
+        self.proj_out = nn.Linear(channels, channels)
+        if config.zero_init:
+            nn.init.zeros_(self.proj_out.weight)
+            nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, hidden: torch.Tensor, num_frames: int, strength: float | torch.Tensor = 1.0) -> torch.Tensor:
+        height, width = hidden.shape[-2:]
+        if self.norm_mode == "joint":
+            normed = rearrange(
+                self.norm(rearrange(hidden, "(b f) c h w -> b c f h w", f=num_frames)), "b c f h w -> (b f) c h w"
+            )
+        else:
+            normed = self.norm(hidden)
+        tokens = self.proj_in(rearrange(normed, "(b f) c h w -> (b h w) f c", f=num_frames))
+        for block in self.transformer_blocks:
+            tokens = block(tokens)
+        delta = rearrange(self.proj_out(tokens), "(b h w) f c -> (b f) c h w", h=height, w=width)
+        if isinstance(strength, torch.Tensor):
+            # A per-frame strength (frames,) broadcast over the batch: `(b f)` is batch-major.
+            strength = strength.to(delta)[None, :].expand(delta.shape[0] // num_frames, -1).reshape(-1, 1, 1, 1)
+        elif strength == 1.0:
+            return hidden + delta
+        return hidden + strength * delta
+
+
+class MotionBlock(nn.Module):
+    """The motion modules of one UNet block (a container, so keys read `down_blocks.i.motion_modules.j`)."""
+
+    def __init__(self, channels: int, count: int, config: MotionModuleConfig) -> None:
+        super().__init__()
+        self.motion_modules = nn.ModuleList(MotionModule(channels, config) for _ in range(count))
+
+
+class MotionModules(nn.Module):
+    """Every motion module of a video UNet, laid out like the UNet's blocks.
+
+    Down block i holds `layers_per_block` modules of width `block_out_channels[i]`, up block i holds
+    `layers_per_block + 1` of width `reversed(block_out_channels)[i]`, and the mid block one (v2 only).
+    """
+
+    def __init__(self, config: MotionModuleConfig = PRESETS["v3"]) -> None:
+        super().__init__()
+        self.config = config
+        widths = config.block_out_channels
+        self.down_blocks = nn.ModuleList(MotionBlock(c, config.layers_per_block, config) for c in widths)
+        self.mid_block = MotionBlock(widths[-1], 1, config) if config.mid_block else None
+        self.up_blocks = nn.ModuleList(MotionBlock(c, config.layers_per_block + 1, config) for c in reversed(widths))
+
+    def named_blocks(self) -> list[tuple[str, MotionBlock]]:
+        """(`down_blocks.i` | `mid_block` | `up_blocks.i`, block) in UNet order: the names the UNet uses too."""
+        blocks = [(f"down_blocks.{i}", block) for i, block in enumerate(self.down_blocks)]
+        if self.mid_block is not None:
+            blocks.append(("mid_block", self.mid_block))
+        blocks += [(f"up_blocks.{i}", block) for i, block in enumerate(self.up_blocks)]
+        return blocks
+
+    def num_modules(self) -> int:
+        return sum(len(block.motion_modules) for _, block in self.named_blocks())
+
+
+@dataclass
+class FrameContext:
+    """Per-call state the UNet hooks read: frame count and motion strength. Owned by one VideoUNet call."""
+
+    num_frames: int
+    strength: float | torch.Tensor = 1.0
+    extras: dict = field(default_factory=dict)
