@@ -58,3 +58,54 @@ def make_tiny_motion_modules(seed: int = 1, **overrides):
 @pytest.fixture
 def tiny_unet():
     return make_tiny_unet()
+
+
+def make_tiny_vae(seed: int = 2):
+    """A 4-level AutoencoderKL (downsamples by 8 like SD's) at widths of 8."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=64,
+    ).eval()
+
+
+def make_tiny_text_encoder(seed: int = 3):
+    """A 2-layer CLIP text encoder (width 32) over the real CLIP vocabulary."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    )
+    return CLIPTextModel(config).eval()
+
+
+def make_tiny_image_model(seed: int = 0):
+    """Tokenizer (bundled CLIP BPE), tiny text encoder, tiny VAE, tiny UNet: a complete SD1.5-shaped image model."""
+    from zoetrope.pipelines.components import ImageModel, bundled_tokenizer
+
+    return ImageModel(
+        tokenizer=bundled_tokenizer(),
+        text_encoder=make_tiny_text_encoder(seed + 3),
+        vae=make_tiny_vae(seed + 2),
+        unet=make_tiny_unet(seed),
+    )
+
+
+def make_tiny_pipeline(seed: int = 0, **motion_overrides):
+    from zoetrope.models.video_unet import VideoUNet
+    from zoetrope.pipelines.text_to_video import VideoPipeline
+
+    image_model = make_tiny_image_model(seed)
+    video_unet = VideoUNet(image_model.unet, make_tiny_motion_modules(seed + 1, **motion_overrides))
+    return VideoPipeline(image_model=image_model, video_unet=video_unet.eval())

@@ -15,9 +15,9 @@ _LAZY = {
     "load_motion_module": ("zoetrope.formats.motion", "load_motion_module"),
     "VideoUNet": ("zoetrope.models.video_unet", "VideoUNet"),
     "MotionModuleConfig": ("zoetrope.models.motion_module", "MotionModuleConfig"),
-    "load_pipeline": ("zoetrope.pipelines.text_to_video", "load_pipeline"),
+    "load_pipeline": ("zoetrope.pipelines.load", "load_pipeline"),
     "generate": ("zoetrope.pipelines.text_to_video", "generate"),
-    "save": ("zoetrope.media", "save_video"),
+    "save": ("zoetrope.pipelines.text_to_video", "save"),
     "ZoetropeError": ("zoetrope.errors", "ZoetropeError"),
 }
 

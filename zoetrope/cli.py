@@ -1,0 +1,241 @@
+"""The `zoetrope` command line: the only module that prints for humans.
+
+Errors a user can cause (`ZoetropeError`) are printed as one line (`error: ...`, exit status 2); `--debug` shows
+the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from zoetrope.errors import ConfigError, ZoetropeError
+
+logger = logging.getLogger("zoetrope")
+
+SCHEDULERS = ("ddim", "euler", "euler_a", "dpm++2m-karras")
+VIDEO_SUFFIXES = (".gif", ".mp4", ".webp", ".png")
+
+
+def _slug(text: str, words: int = 10) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", " ".join(text.split()[:words])).strip("-")[:80] or "video"
+
+
+def _dtype(name: str):
+    import torch
+
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if name not in table:
+        raise ConfigError(f"--dtype {name!r}: expected one of {sorted(table)}")
+    return table[name]
+
+
+def _device(name: str | None) -> str:
+    if name:
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# --------------------------------------------------------------------------- generate
+def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--frames", "-L", type=int, default=16, help="number of frames (default 16)")
+    parser.add_argument("--width", "-W", type=int, default=None, help="width in pixels, multiple of 8 (default: the model's)")
+    parser.add_argument("--height", "-H", type=int, default=None, help="height in pixels, multiple of 8")
+    parser.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    parser.add_argument("--seed", type=int, default=-1, help="seed of the first video; -1 draws one (recorded)")
+    parser.add_argument("--scheduler", choices=SCHEDULERS, default="ddim")
+    parser.add_argument("--negative", default="", help="negative prompt")
+    parser.add_argument("--fps", type=int, default=8)
+    parser.add_argument("--motion-strength", type=float, default=1.0, help="multiplier on the motion modules' effect")
+    parser.add_argument("--decode-chunk", type=int, default=16, help="frames decoded by the VAE at once")
+    parser.add_argument("--dtype", default="fp32", help="fp32 | fp16 | bf16")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="SD1.5 image model: single file (.safetensors/.ckpt) or diffusers folder")
+    parser.add_argument("--motion-module", default=None, help="motion module (official .ckpt/.safetensors or diffusers folder)")
+    parser.add_argument("--motion-lora", action="append", default=[], metavar="PATH[:STRENGTH]", help="MotionLoRA; repeatable")
+    parser.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]", help="image LoRA (kohya or diffusers); repeatable")
+    parser.add_argument("--adapter", default=None, metavar="PATH[:SCALE]", help="AnimateDiff domain adapter with its scale")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from zoetrope.pipelines.load import load_pipeline
+    from zoetrope.pipelines.text_to_video import generate, save
+
+    pipeline = load_pipeline(
+        args.model, args.motion_module, motion_loras=args.motion_lora, loras=args.lora, adapter=args.adapter,
+        dtype=_dtype(args.dtype), device=_device(args.device),
+    )
+    output = Path(args.output or f"outputs/{_slug(args.prompt)}.gif")
+    if output.suffix.lower() not in VIDEO_SUFFIXES:
+        raise ConfigError(f"-o {output}: unknown video format {output.suffix!r}; use one of {VIDEO_SUFFIXES}")
+    result = generate(
+        pipeline, args.prompt, negative_prompt=args.negative, num_frames=args.frames, width=args.width,
+        height=args.height, steps=args.steps, guidance_scale=args.guidance, seed=args.seed, scheduler=args.scheduler,
+        motion_strength=args.motion_strength, decode_chunk_size=args.decode_chunk,
+    )
+    for path in save(result, output, fps=args.fps):
+        print(f"wrote {path} (seed {result.settings.seeds[0]})")
+    return 0
+
+
+# --------------------------------------------------------------------------- run (official prompt configs)
+OFFICIAL_FIELDS = {
+    "dreambooth_path", "lora_model_path", "lora_alpha", "motion_module", "motion_module_lora_configs",
+    "adapter_lora_path", "adapter_lora_scale", "seed", "steps", "guidance_scale", "prompt", "n_prompt", "W", "H", "L",
+    "inference_config", "base", "path", "domain_lora_scale", "scheduler", "fps",
+    "controlnet_config", "controlnet_path", "controlnet_images", "controlnet_image_indexs", "normalize_condition_images",
+}
+
+
+def _entries(document: object, source: Path) -> list[tuple[str, dict]]:
+    """An official prompt config is a list of entries, or (older configs) a dict of named entries."""
+    if isinstance(document, list):
+        return [(f"{index}", entry) for index, entry in enumerate(document)]
+    if isinstance(document, dict) and all(isinstance(v, dict) for v in document.values()):
+        return list(document.items())
+    if isinstance(document, dict):
+        return [("0", document)]
+    raise ConfigError(f"{source}: expected a list of prompt entries (official AnimateDiff prompt config)")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from zoetrope.pipelines.load import WeightedFile, load_pipeline
+    from zoetrope.pipelines.text_to_video import generate, save
+
+    source = Path(args.config)
+    if not source.exists():
+        raise ConfigError(f"{source}: no such config file")
+    document = yaml.safe_load(source.read_text())
+    out_dir = Path(args.output or f"samples/{source.stem}")
+    used: list[dict] = []
+    for name, entry in _entries(document, source):
+        unknown = sorted(set(entry) - OFFICIAL_FIELDS)
+        if unknown:
+            raise ConfigError(f"{source}: entry {name}: unknown field(s) {unknown}; known fields: {sorted(OFFICIAL_FIELDS)}")
+        if entry.get("controlnet_path"):
+            raise ConfigError(f"{source}: entry {name}: SparseCtrl fields need `zoetrope generate --control` (see README)")
+        model = entry.get("dreambooth_path") or args.model
+        motion_modules = entry.get("motion_module") or args.motion_module
+        motion_modules = motion_modules if isinstance(motion_modules, list) else [motion_modules]
+        loras = [WeightedFile(Path(entry["lora_model_path"]), float(entry.get("lora_alpha", 0.8)))] if entry.get("lora_model_path") else []
+        motion_loras = [WeightedFile(Path(c["path"]), float(c.get("alpha", 1.0))) for c in entry.get("motion_module_lora_configs") or []]
+        adapter = (
+            WeightedFile(Path(entry["adapter_lora_path"]), float(entry.get("adapter_lora_scale", 1.0)))
+            if entry.get("adapter_lora_path") else None
+        )
+        prompts = entry.get("prompt") or []
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        negatives = entry.get("n_prompt") or [""]
+        seeds = entry.get("seed", -1)
+        seeds = seeds if isinstance(seeds, list) else [seeds]
+        if len(seeds) == 1:
+            seeds = seeds * len(prompts)
+        for motion_module in motion_modules:
+            pipeline = load_pipeline(
+                model, motion_module, motion_loras=motion_loras, loras=loras, adapter=adapter,
+                dtype=_dtype(args.dtype), device=_device(args.device),
+            )
+            for index, prompt in enumerate(prompts):
+                result = generate(
+                    pipeline, prompt, negative_prompt=negatives[index % len(negatives)],
+                    num_frames=int(entry.get("L", args.frames)), width=entry.get("W"), height=entry.get("H"),
+                    steps=int(entry.get("steps", 25)), guidance_scale=float(entry.get("guidance_scale", 7.5)),
+                    seed=int(seeds[index % len(seeds)]), scheduler=entry.get("scheduler", "ddim"),
+                )
+                path = out_dir / f"{name}-{index}-{_slug(prompt)}{args.format}"
+                save(result, path, fps=int(entry.get("fps", args.fps)))
+                print(f"wrote {path} (seed {result.settings.seeds[0]})")
+                used.append({**entry, "prompt": prompt, "random_seed": result.settings.seeds[0]})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(used, sort_keys=False))
+    return 0
+
+
+# --------------------------------------------------------------------------- inspect / convert
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from zoetrope.formats.detect import inspect_file
+
+    for path in args.files:
+        info = inspect_file(path)
+        print(f"{path}: {info.describe()}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from zoetrope.formats.motion import load_motion_module, save_motion_module
+
+    modules = load_motion_module(args.input)
+    written = save_motion_module(modules, args.output, layout=args.to)
+    print(f"wrote {written} ({args.to} layout, motion module {modules.config.version}, PE {modules.config.max_frames})")
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zoetrope", description="Turn text-to-image diffusion models into video generators.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    parser.add_argument("--quiet", action="store_true", help="less logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="text to video")
+    generate.add_argument("prompt")
+    add_model_arguments(generate)
+    add_generation_arguments(generate)
+    generate.add_argument("-o", "--output", default=None, help="output file: .gif, .mp4, .webp, or .png (frames folder)")
+    generate.set_defaults(handler=cmd_generate)
+
+    run = commands.add_parser("run", help="run an official AnimateDiff prompt config (YAML)")
+    run.add_argument("config")
+    run.add_argument("--model", default=None, help="image model used when an entry has no dreambooth_path")
+    run.add_argument("--motion-module", default=None, help="motion module used when an entry has none")
+    run.add_argument("-o", "--output", default=None, help="output folder (default samples/<config name>)")
+    run.add_argument("--format", default=".gif", choices=VIDEO_SUFFIXES)
+    run.add_argument("--frames", type=int, default=16)
+    run.add_argument("--fps", type=int, default=8)
+    run.add_argument("--dtype", default="fp32")
+    run.add_argument("--device", default=None)
+    run.set_defaults(handler=cmd_run)
+
+    inspect = commands.add_parser("inspect", help="say what a checkpoint file is")
+    inspect.add_argument("files", nargs="+")
+    inspect.set_defaults(handler=cmd_inspect)
+
+    convert = commands.add_parser("convert", help="convert a motion module between the official and diffusers layouts")
+    convert.add_argument("input")
+    convert.add_argument("output")
+    convert.add_argument("--to", choices=("official", "diffusers"), default="diffusers")
+    convert.set_defaults(handler=cmd_convert)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("diffusers", "transformers", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except ZoetropeError as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
