@@ -186,8 +186,14 @@ def generate(
     callback: StepCallback | None = None,
     progress: bool = True,
     return_latents: bool = False,
+    latents: torch.Tensor | None = None,
+    decode: bool = True,
 ) -> VideoResult:
-    """Generate one video per prompt. Returns frames `(b, c, f, h, w)` in [0, 1] and the settings used."""
+    """Generate one video per prompt. Returns frames `(b, c, f, h, w)` in [0, 1] and the settings used.
+
+    `latents` replaces the seeded initial noise (benchmarks and parity checks feed both pipelines the same);
+    `decode=False` skips the VAE (frames is then empty) for latent-only work.
+    """
     # 1. Check and normalise the request.
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:
@@ -213,7 +219,12 @@ def generate(
     # 3. Initial noise, one seed per video.
     channels = pipeline.video_unet.config.in_channels
     latent_shape = (channels, num_frames, height // pipeline.vae_scale, width // pipeline.vae_scale)
-    latents = initial_noise(seeds, latent_shape, device, dtype)
+    if latents is None:
+        latents = initial_noise(seeds, latent_shape, device, dtype)
+    elif tuple(latents.shape) != (len(prompts), *latent_shape):
+        raise InputError(f"latents: shape {tuple(latents.shape)}, expected {(len(prompts), *latent_shape)}")
+    else:
+        latents = latents.to(device=device, dtype=dtype)
 
     # 4. Scheduler.
     noise_scheduler = make_scheduler(scheduler, pipeline.scheduler_config)
@@ -226,7 +237,7 @@ def generate(
     latents = denoise(predict, latents, noise_scheduler, generator=generator, callback=callback, progress=progress)
 
     # 6. Decode in chunks of frames.
-    frames = decode_latents(model.vae, latents, chunk_size=decode_chunk_size)
+    frames = decode_latents(model.vae, latents, chunk_size=decode_chunk_size) if decode else torch.empty(0)
     return VideoResult(frames=frames.float().cpu(), settings=settings, latents=latents if return_latents else None)
 
 

@@ -1,0 +1,93 @@
+"""The `zoetrope` command end to end on a tiny random model saved in the single-file (LDM) layout."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from conftest import make_tiny_image_model, make_tiny_motion_modules
+from zoetrope.cli import main
+from zoetrope.formats.motion import save_motion_module
+from zoetrope.formats.sd_single_file import save_sd_single_file
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    image = make_tiny_image_model()
+    model = folder / "tiny-sd.safetensors"
+    save_sd_single_file(image.unet, image.vae, image.text_encoder, model)
+    motion = save_motion_module(make_tiny_motion_modules(), folder / "mm_tiny.safetensors")
+    return model, motion
+
+
+def _frame_count(path) -> int:
+    import av
+
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".mp4"])
+def test_generate_writes_a_video_with_the_right_frame_count(files, tmp_path, suffix, capsys) -> None:
+    model, motion = files
+    out = tmp_path / f"clip{suffix}"
+    code = main([
+        "generate", "a red circle moving right", "--model", str(model), "--motion-module", str(motion),
+        "--frames", "6", "--width", "32", "--height", "32", "--steps", "2", "--seed", "7", "-o", str(out),
+    ])
+    assert code == 0
+    assert out.exists() and _frame_count(out) == 6
+    sidecar = json.loads(out.with_name(out.name + ".json").read_text())
+    assert sidecar["prompt"] == "a red circle moving right" and sidecar["seed"] == 7
+    assert "seed 7" in capsys.readouterr().out
+
+
+def test_wrong_file_in_a_slot_is_one_line(files, tmp_path, capsys) -> None:
+    model, motion = files
+    code = main(["generate", "x", "--model", str(motion), "--motion-module", str(motion), "-o", str(tmp_path / "a.gif")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert "motion module" in err and "--motion-module" in err
+
+
+def test_inspect(files, capsys) -> None:
+    model, motion = files
+    assert main(["inspect", str(model), str(motion)]) == 0
+    out = capsys.readouterr().out
+    assert "Stable Diffusion image model" in out and "motion module" in out and "v3" in out
+
+
+def test_convert_round_trip(files, tmp_path, capsys) -> None:
+    _, motion = files
+    assert main(["convert", str(motion), str(tmp_path / "adapter"), "--to", "diffusers"]) == 0
+    assert main(["convert", str(tmp_path / "adapter"), str(tmp_path / "back.safetensors"), "--to", "official"]) == 0
+    from safetensors.torch import load_file
+
+    first, back = load_file(str(motion)), load_file(str(tmp_path / "back.safetensors"))
+    assert first.keys() == back.keys() and all((first[k] == back[k]).all() for k in first)
+
+
+def test_run_official_prompt_config(files, tmp_path) -> None:
+    model, motion = files
+    config = [{
+        "dreambooth_path": str(model), "motion_module": str(motion), "seed": [5, -1], "steps": 2,
+        "guidance_scale": 7.5, "prompt": ["a red circle", "a blue star"], "n_prompt": [""], "W": 32, "H": 32, "L": 4,
+        "inference_config": "configs/inference/inference-v3.yaml",
+    }]
+    path = tmp_path / "prompts.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["run", str(path), "-o", str(tmp_path / "out")]) == 0
+    gifs = sorted((tmp_path / "out").glob("*.gif"))
+    assert len(gifs) == 2 and all(_frame_count(g) == 4 for g in gifs)
+    used = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
+    assert used[0]["random_seed"] == 5 and used[1]["random_seed"] >= 0
+
+
+def test_run_rejects_unknown_fields(tmp_path, capsys) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump([{"prompt": ["x"], "guidance": 3}]))
+    assert main(["run", str(path)]) == 2
+    assert "unknown field(s) ['guidance']" in capsys.readouterr().err

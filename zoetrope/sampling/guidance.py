@@ -1,0 +1,60 @@
+"""Classifier-free guidance and motion scale: small functions the pipelines compose into their predict.
+
+Batch order follows the official AnimateDiff pipeline: the unconditional half first, then the conditional half.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from zoetrope.errors import ConfigError, InputError
+
+
+def cfg(noise_uncond: torch.Tensor, noise_cond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022, arXiv 2207.12598): uncond + scale * (cond - uncond).
+
+    scale = 1 returns the conditional prediction, scale = 0 the unconditional one. `scale` may be a tensor that
+    broadcasts against the predictions, e.g. `(1, 1, f, 1, 1)` for a per-frame guidance scale.
+    """
+    return noise_uncond + scale * (noise_cond - noise_uncond)
+
+
+def cfg_batch(latents: torch.Tensor) -> torch.Tensor:
+    """The model input for one CFG call: the latents twice, `[uncond half, cond half]` along the batch axis."""
+    return torch.cat([latents, latents])
+
+
+def split_cfg_batch(prediction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split a `[uncond, cond]` model output along the batch axis into `(noise_uncond, noise_cond)`."""
+    if prediction.shape[0] % 2:
+        raise InputError(
+            f"CFG batch of size {prediction.shape[0]}: expected an even batch [unconditional, conditional]"
+        )
+    noise_uncond, noise_cond = prediction.chunk(2)
+    return noise_uncond, noise_cond
+
+
+def guided(prediction: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """`cfg` applied to a `[uncond, cond]` batch output: one call for the common case."""
+    return cfg(*split_cfg_batch(prediction), scale)
+
+
+def motion_scale_schedule(value: float | Sequence[float] | torch.Tensor, num_frames: int) -> torch.Tensor:
+    """Motion scale per frame, `(num_frames,)` float32.
+
+    A number applies to every frame; a list (or 1-D tensor) gives one value per frame and must have exactly
+    `num_frames` entries (ADE's `scale_multival` accepts the same two forms). The motion module multiplies its
+    temporal attention by these values (ADE `CrossAttentionMM` scales the keys); 1 is the trained behaviour.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.full((num_frames,), float(value))
+    values = torch.as_tensor(value, dtype=torch.float32).flatten()
+    if values.numel() == 1 and torch.as_tensor(value).dim() == 0:
+        return values.expand(num_frames).clone()
+    if values.numel() != num_frames:
+        raise ConfigError(
+            f"motion_scale: {values.numel()} values given for {num_frames} frames; give one number or one per frame"
+        )
+    return values

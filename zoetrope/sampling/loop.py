@@ -1,0 +1,89 @@
+"""The one denoising loop: `denoise(predict, latents, scheduler)` over any diffusers scheduler.
+
+No model inside: `predict(latents, t)` (or `predict(latents, t, step)`, see below) returns the model output in
+the scheduler's `prediction_type` (epsilon for SD1.5), so guidance, context windows, SparseCtrl residuals and
+prompt travel are wrappers built by the pipeline around the UNet call (the k-diffusion way), and this loop serves
+text-to-video, image-to-video and video-to-video alike.
+
+`step` protocol: if `predict` has a parameter named `step` (as the predict made by
+`zoetrope.sampling.context.wrap_predict_with_context` has), it is called as `predict(latents, t, step=i)` with i
+the index into `timesteps`, so schedules that change with the step (rotating context windows) need no state. The
+same rule diffusers uses to pass `generator`/`eta` only to schedulers whose `step` takes them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any, Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from zoetrope.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+Predict = Callable[..., torch.Tensor]
+StepCallback = Callable[[int, Any, torch.Tensor], None]
+
+
+def _accepts(function: Callable[..., Any], name: str) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def start_step_for_strength(num_steps: int, strength: float, order: int = 1) -> int:
+    """First index into the scheduler's timesteps for video-to-video at `strength` (1 = from pure noise).
+
+    As diffusers' img2img `get_timesteps`: the last int(num_steps * strength) steps are run; `order` is the
+    scheduler's `order` (2 for Heun/DPM2, whose timesteps list repeats entries).
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ConfigError(f"strength={strength}: must be in [0, 1] (1 = ignore the input video); try 0.6")
+    steps_run = min(int(num_steps * strength), num_steps)
+    return (num_steps - steps_run) * order
+
+
+def denoise(
+    predict: Predict,
+    latents: torch.Tensor,
+    scheduler: Any,
+    timesteps: Sequence[Any] | torch.Tensor | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    callback: StepCallback | None = None,
+    progress: bool = True,
+    start_step: int = 0,
+) -> torch.Tensor:
+    """Run the scheduler from `timesteps[start_step]` to the end and return the denoised latents.
+
+    Each step: model_input = scheduler.scale_model_input(latents, t); output = predict(model_input, t[, step]);
+    latents = scheduler.step(output, t, latents, generator=generator).prev_sample; callback(step, t, latents).
+    `scheduler.set_timesteps` must have been called (timesteps default to `scheduler.timesteps`).
+    `start_step` (video-to-video): the latents are already noised to `timesteps[start_step]`
+    (`scheduler.add_noise`); see `start_step_for_strength`. `generator` feeds stochastic schedulers (DDPM,
+    ancestral); it is passed only to schedulers whose `step` accepts it. `callback` gets `t` as a Python number.
+    """
+    if timesteps is None:
+        timesteps = scheduler.timesteps
+    if timesteps is None or len(timesteps) == 0:
+        raise ConfigError("denoise: the scheduler has no timesteps; call scheduler.set_timesteps(steps) first")
+    if not 0 <= start_step <= len(timesteps):
+        raise ConfigError(f"denoise: start_step={start_step} outside 0..{len(timesteps)} (the number of timesteps)")
+    if start_step > 0 and hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start_step)  # index-tracking schedulers (Euler, DPM++) start at the right sigma
+    pass_step = _accepts(predict, "step")
+    step_kwargs = {"generator": generator} if _accepts(scheduler.step, "generator") else {}
+    logger.debug("denoise: %d steps from index %d", len(timesteps) - start_step, start_step)
+    for step in tqdm(range(start_step, len(timesteps)), disable=not progress, desc="denoising", leave=False):
+        t = timesteps[step]
+        model_input = scheduler.scale_model_input(latents, t)
+        output = predict(model_input, t, step=step) if pass_step else predict(model_input, t)
+        latents = scheduler.step(output, t, latents, **step_kwargs).prev_sample
+        if callback is not None:
+            callback(step, t.item() if isinstance(t, torch.Tensor) else t, latents)
+    return latents
