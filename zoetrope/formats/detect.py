@@ -64,19 +64,21 @@ def classify(state: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | No
     if kind == "sparsectrl" or has("controlnet_cond_embedding") or starts("controlnet_down_blocks"):
         variant = "sketch/image" if has("controlnet_cond_embedding.conv_in") else "rgb/latent"
         return "sparsectrl", "official", {"condition": variant}
-    lora_like = has("_lora.") or has(".lora_A.") or has(".lora.down") or has("lora_down") or starts("lora_")
-    if lora_like:
+    from zoetrope.formats.lora_files import classify_lora_keys
+
+    lora_kind = classify_lora_keys(keys)
+    if lora_kind is not None:
         ranks = sorted(
             {int(v.shape[0]) for k, v in state.items() if v.ndim >= 2 and ("down" in k or "lora_A" in k)}
         )
         details = {"rank": ranks[0] if len(ranks) == 1 else ranks}
-        if has(".motion_modules."):
-            return "motion_lora", "official", details
-        if starts("lora_unet_") or starts("lora_te"):
-            return "image_lora", "kohya", details
-        if has(".processor.") and has("_lora."):
-            return "domain_adapter", "official", details
-        return "image_lora", "peft", details
+        kind, layout = {
+            "motion_lora": ("motion_lora", "official"),
+            "domain_adapter": ("domain_adapter", "official"),
+            "kohya": ("image_lora", "kohya"),
+            "peft": ("image_lora", "peft"),
+        }[lora_kind]
+        return kind, layout, details
     if has(".motion_modules."):
         from zoetrope.formats.animatediff import is_official_motion_key
         from zoetrope.formats.motion import motion_state_to_ours

@@ -87,19 +87,21 @@ def load_pipeline(
     # 2. Image LoRAs (kohya / diffusers-peft), merged into the UNet and text encoder.
     for item in map(WeightedFile.parse, loras):
         expect_kind(inspect_file(item.path), "image_lora")
-        load_image_lora(item.path, image_model.unet, image_model.text_encoder, item.strength).merge()
+        load_image_lora(item.path, image_model.unet, image_model.text_encoder, item.strength).merge(
+            image_model.unet, image_model.text_encoder
+        )
     # 3. The domain adapter (a LoRA on the spatial attention), merged with its scale.
     if adapter is not None:
         item = WeightedFile.parse(adapter)
         expect_kind(inspect_file(item.path), "domain_adapter")
-        load_domain_adapter(item.path, image_model.unet, item.strength).merge()
+        load_domain_adapter(item.path, image_model.unet, item.strength).merge(image_model.unet)
     # 4. The motion module, attached to the image UNet.
     modules: MotionModules = load_motion_module(motion_module, norm_mode=motion_norm_mode).to(dtype=dtype)
     video_unet = VideoUNet(image_model.unet, modules)
     # 5. MotionLoRAs, merged into the motion modules (official semantics: W + strength * up @ down).
     for item in map(WeightedFile.parse, motion_loras):
         expect_kind(inspect_file(item.path), "motion_lora")
-        load_motion_lora(item.path, modules, item.strength).merge()
+        load_motion_lora(item.path, modules, item.strength).merge(modules)
     pipeline = VideoPipeline(
         image_model=image_model,
         video_unet=video_unet.eval(),

@@ -1,0 +1,203 @@
+"""The shapes-world renderer: captions, sampling, geometry, anti-aliasing, domains, styles, determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from zoetrope.errors import ConfigError, InputError
+from zoetrope.world.render import (
+    BACKGROUNDS,
+    CAMERA_MOTIONS,
+    COLOURS,
+    MOTIONS,
+    SHAPES,
+    STYLES,
+    ClipSpec,
+    Intent,
+    WorldConfig,
+    apply_watermark,
+    caption,
+    object_track,
+    parse_caption,
+    render_clip,
+    render_image,
+    sample_clip_spec,
+    shape_colour,
+    spec_for_prompt,
+)
+
+CONFIG = WorldConfig()
+
+
+def _random_specs(count: int, seed: int = 0) -> list[ClipSpec]:
+    rng = np.random.default_rng(seed)
+    specs = []
+    for index in range(count):
+        camera = CAMERA_MOTIONS[index % 4] if index % 3 == 0 else None
+        style = (None, "pastel", "striped")[index % 3]
+        specs.append(sample_clip_spec(rng, CONFIG, camera=camera, style=style))
+    return specs
+
+
+def test_caption_examples() -> None:
+    spec = ClipSpec("square", "red", "grey", "left")
+    assert caption(spec) == "a red square moving left on a grey background"
+    assert caption(dataclasses.replace(spec, motion="grow")) == "a red square growing on a grey background"
+    assert caption(dataclasses.replace(spec, motion="rotate")) == "a red square rotating on a grey background"
+    assert caption(dataclasses.replace(spec, motion="still")) == "a red square staying still on a grey background"
+    camera = dataclasses.replace(spec, motion="still", camera="zoom in", style="pastel")
+    assert caption(camera) == "a red square staying still on a grey background, camera zooming in, in zxq style"
+    assert caption(camera, video=False) == "a red square on a grey background, in zxq style"
+
+
+def test_caption_round_trip() -> None:
+    for spec in _random_specs(120):
+        assert parse_caption(caption(spec)) == spec.intent()
+        image_intent = parse_caption(caption(spec, video=False))
+        assert image_intent == Intent(spec.shape, spec.colour, spec.background, None, None, spec.style)
+
+
+def test_parse_caption_is_tolerant_of_case_and_optional_parts() -> None:
+    assert parse_caption("  A Blue STAR moving up.  ") == Intent("star", "blue", None, "up")
+    assert parse_caption("a green circle on a navy background") == Intent("circle", "green", "navy")
+    assert parse_caption("a cyan triangle staying still on a black background camera panning left") == Intent(
+        "triangle", "cyan", "black", "still", "pan left"
+    )
+
+
+@pytest.mark.parametrize("text", ["a pink square moving left", "a red hexagon", "", "red square moving left"])
+def test_parse_caption_rejects_other_grammar(text: str) -> None:
+    with pytest.raises(InputError, match="shapes-world grammar"):
+        parse_caption(text)
+
+
+def test_sampling_and_rendering_are_deterministic_by_seed() -> None:
+    first, second, other = _random_specs(10, seed=3), _random_specs(10, seed=3), _random_specs(10, seed=4)
+    assert first == second
+    assert first != other
+    for spec in first[:3]:
+        np.testing.assert_array_equal(render_clip(spec, CONFIG), render_clip(spec, CONFIG))
+
+
+def test_clip_and_image_shapes_follow_config() -> None:
+    spec = _random_specs(1)[0]
+    clip = render_clip(spec, CONFIG)
+    assert clip.shape == (16, 64, 64, 3) and clip.dtype == np.uint8
+    small = WorldConfig(size=48, num_frames=8)
+    assert render_clip(sample_clip_spec(np.random.default_rng(0), small), small).shape == (8, 48, 48, 3)
+    assert render_image(spec, CONFIG).shape == (64, 64, 3)
+
+
+def test_objects_stay_inside_the_frame_and_above_the_band() -> None:
+    band = CONFIG.band_rows()
+    for spec in _random_specs(150, seed=1):
+        centre_x, centre_y, radius, _ = object_track(spec, CONFIG)
+        assert np.all(centre_x - radius >= 1) and np.all(centre_x + radius <= 63)
+        assert np.all(centre_y - radius >= 1) and np.all(centre_y + radius <= 64 - band - 1)
+        assert np.all(radius >= 0.05 * 64)
+
+
+def test_every_combination_is_sampled_except_rotating_circles() -> None:
+    rng = np.random.default_rng(0)
+    specs = [sample_clip_spec(rng, CONFIG) for _ in range(400)]
+    assert {spec.shape for spec in specs} == set(SHAPES)
+    assert {spec.colour for spec in specs} == set(COLOURS)
+    assert {spec.background for spec in specs} == set(BACKGROUNDS)
+    assert {spec.motion for spec in specs} == set(MOTIONS)
+    assert not any(spec.shape == "circle" and spec.motion == "rotate" for spec in specs)
+    assert all(spec.camera is None for spec in specs)
+
+
+def test_motion_amplitudes_are_measurable_at_64_pixels() -> None:
+    rng = np.random.default_rng(2)
+    for motion in MOTIONS:
+        for _ in range(10):
+            spec = sample_clip_spec(rng, CONFIG, motions=(motion,))
+            centre_x, centre_y, radius, angle = object_track(spec, CONFIG)
+            travel = np.hypot(centre_x[-1] - centre_x[0], centre_y[-1] - centre_y[0])
+            if motion in ("left", "right", "up", "down"):
+                assert travel >= 16.0
+            elif motion in ("grow", "shrink"):
+                assert max(radius[-1] / radius[0], radius[0] / radius[-1]) >= 1.5
+            elif motion == "rotate":
+                assert abs(angle[-1] - angle[0]) >= 100.0
+            else:
+                assert travel == 0 and radius[0] == radius[-1] and angle[0] == angle[-1]
+
+
+def test_camera_tracks() -> None:
+    base = ClipSpec("circle", "red", "grey", "still", x=0.6, y=0.4, radius=0.1, camera_speed=0.4)
+    _, _, radius, _ = object_track(dataclasses.replace(base, camera="zoom in"), CONFIG)
+    assert radius[-1] / radius[0] == pytest.approx(1.4)
+    _, _, radius, _ = object_track(dataclasses.replace(base, camera="zoom out"), CONFIG)
+    assert radius[0] / radius[-1] == pytest.approx(1.4)
+    centre_x, _, _, _ = object_track(dataclasses.replace(base, camera="pan left"), CONFIG)
+    assert centre_x[-1] - centre_x[0] == pytest.approx(0.4 * 64)  # the camera turns left: content slides right
+    centre_x, _, _, _ = object_track(dataclasses.replace(base, camera="pan right"), CONFIG)
+    assert centre_x[-1] - centre_x[0] == pytest.approx(-0.4 * 64)
+
+
+@pytest.mark.parametrize(("shape", "area_per_radius_sq"), [("circle", np.pi), ("square", 2.0)])
+def test_shapes_are_antialiased_with_exact_area(shape: str, area_per_radius_sq: float) -> None:
+    """Coverage summed over pixels equals the analytic area; edge pixels take intermediate values."""
+    flat = WorldConfig(texture_amplitude=0.0, num_frames=2)
+    spec = ClipSpec(shape, "yellow", "black", "still", x=0.51, y=0.43, radius=0.2, angle=17.0)
+    image = render_image(spec, flat).astype(np.float64)
+    background, colour = np.asarray(BACKGROUNDS["black"]), np.asarray(COLOURS["yellow"])
+    coverage = (image[..., 0] - background[0]) / (colour[0] - background[0])
+    radius = 0.2 * 64
+    assert coverage.sum() == pytest.approx(area_per_radius_sq * radius**2, rel=0.01)
+    assert ((coverage > 0.1) & (coverage < 0.9)).sum() > 20
+
+
+def test_video_domain_adds_watermark_and_compression_only() -> None:
+    spec = _random_specs(3)[1]
+    clean = render_clip(spec, CONFIG, video_domain=False)
+    video = render_clip(spec, CONFIG, video_domain=True)
+    band = CONFIG.band_rows()
+    above = np.abs(clean[:, : 64 - band - 8].astype(int) - video[:, : 64 - band - 8]).mean()
+    in_band = np.abs(clean[:, 64 - band :].astype(int) - video[:, 64 - band :]).mean()
+    assert 0.0 < above < 5.0  # mild JPEG artefacts
+    assert in_band > 20.0  # the watermark band
+    watermarked = apply_watermark(clean.astype(np.float64), CONFIG)
+    np.testing.assert_array_equal(watermarked[:, : 64 - band], clean[:, : 64 - band])
+
+
+def test_image_domain_is_the_clean_first_frame_of_a_still_clip() -> None:
+    spec = dataclasses.replace(_random_specs(1)[0], motion="still", camera=None)
+    np.testing.assert_array_equal(render_image(spec, CONFIG), render_clip(spec, CONFIG, video_domain=False)[0])
+
+
+def test_styles_keep_hue_and_change_the_fill() -> None:
+    for name, rgb in COLOURS.items():
+        np.testing.assert_allclose(shape_colour(name, "pastel"), (np.asarray(rgb) + 255.0) / 2)
+    flat = WorldConfig(texture_amplitude=0.0)
+    spec = ClipSpec("square", "blue", "black", "still", x=0.5, y=0.4, radius=0.25, style="striped")
+    image = render_image(spec, flat)
+    inside = image[22:30, 28:36].reshape(-1, 3)
+    tones = {tuple(pixel) for pixel in inside}
+    assert tuple(COLOURS["blue"]) in tones and tuple(np.rint(shape_colour("blue", "pastel")).astype(int)) in tones
+    assert set(STYLES) == {"pastel", "striped"}
+
+
+def test_spec_for_prompt_matches_the_prompt() -> None:
+    rng = np.random.default_rng(0)
+    prompt = "a magenta star rotating on a navy background, in vkw style"
+    spec = spec_for_prompt(prompt, rng, CONFIG)
+    assert caption(spec) == prompt and spec.speed != 0
+
+
+def test_config_and_spec_errors_name_the_field() -> None:
+    with pytest.raises(ConfigError, match="WorldConfig.size"):
+        WorldConfig(size=16)
+    with pytest.raises(ConfigError, match="WorldConfig.shapes"):
+        WorldConfig(shapes=("hexagon",))
+    with pytest.raises(ConfigError, match="WorldConfig.num_frames"):
+        WorldConfig(num_frames=1)
+    with pytest.raises(ConfigError, match="ClipSpec.colour"):
+        ClipSpec("square", "pink", "grey")
+    with pytest.raises(ConfigError, match="camera"):
+        sample_clip_spec(np.random.default_rng(0), CONFIG, camera="dolly zoom")

@@ -1,0 +1,672 @@
+"""The shapes world: procedurally rendered, captioned clips and images of coloured shapes that move.
+
+Why a synthetic world: every AnimateDiff stage (image finetune / domain adapter, motion module, MotionLoRA,
+personalised image model) can then be trained from scratch on a CPU, and the quality of what a model generates can
+be *measured from pixels* (`zoetrope.world.metrics`) instead of judged by eye (DESIGN.md, principle 6).
+
+The world mirrors the structure of the real data the AnimateDiff paper (Guo et al., 2023, arXiv 2307.04725) trains
+on:
+- the *image* domain (LAION stand-in, `render_image`) is clean;
+- the *video* domain (WebVid-10M stand-in, `render_clip(video_domain=True)`) carries a fixed semi-transparent
+  watermark band with "text" and mild JPEG compression artefacts, the defects the domain adapter is meant to absorb;
+- camera motions (zoom in/out, pan left/right) are held out of the base motion data, for MotionLoRA;
+- a personalised *style* (`"pastel"` palette, `"striped"` texture) with a trigger word stands in for a DreamBooth
+  model.
+
+Geometry is resolution independent: positions and radii in a `ClipSpec` are fractions of the image size, so one spec
+renders at any `WorldConfig.size`. Rendering is deterministic given the spec (the background texture is seeded by
+`ClipSpec.texture_seed`); all randomness comes from the `numpy.random.Generator` handed to `sample_clip_spec`.
+Shapes are anti-aliased analytically from signed distance functions (coverage = clamp(0.5 - d, 0, 1), d in pixels).
+
+Every background carries a faint low-frequency texture. A flat background carries no signal about the camera, so
+without it "zoom in" and "pan left" could not be told apart from pixels; the texture is kept far below the shape
+contrast so that foreground segmentation stays a simple distance-to-background threshold.
+
+Camera convention: the camera moves, the world is still. "pan left" turns the camera to the left, so the scene
+content slides to the *right* on screen; "zoom in" magnifies the content about the image centre.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from zoetrope.errors import ConfigError, InputError
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
+"""Shape names, as they appear in captions."""
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (240, 70, 60),
+    "yellow": (235, 215, 40),
+    "green": (50, 200, 70),
+    "cyan": (40, 210, 220),
+    "blue": (70, 120, 255),
+    "magenta": (220, 60, 220),
+}
+"""Base palette: six hues about 60 degrees apart, so colour is read back from the hue alone (the pastel and striped
+styles keep the hue and change lightness). Every colour has luminance >= 110 (red and blue are lightened for it)."""
+
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "grey": (64, 64, 64),
+    "black": (20, 20, 20),
+    "navy": (24, 32, 90),
+    "brown": (90, 55, 30),
+}
+"""Background base colours, all of luminance <= 63, so every shape differs from its background in *luminance* by
+>= 55 levels and in RGB by >= 150. Luminance contrast matters: video codecs (JPEG, H.264 yuv420p) halve the chroma
+resolution, so a shape that differs from its background mainly in hue (red or green on mid grey, pastel yellow on
+white) loses its corners in the video domain and its shape can no longer be read from pixels."""
+
+MOTIONS: tuple[str, ...] = ("left", "right", "up", "down", "grow", "shrink", "rotate", "still")
+"""Object motions. A circle's rotation is invisible, so circles are never sampled with "rotate"."""
+
+BASE_MOTIONS: tuple[str, ...] = MOTIONS
+"""The motions of the base motion-module data (all object motions, no camera)."""
+
+CAMERA_MOTIONS: tuple[str, ...] = ("zoom in", "zoom out", "pan left", "pan right")
+"""Camera motions, held out of the base data and used to train MotionLoRAs."""
+
+STYLES: dict[str, str] = {"pastel": "zxq", "striped": "vkw"}
+"""Personalised styles and their trigger words; a styled caption ends with ", in <trigger> style"."""
+
+MOTION_PHRASES: dict[str, str] = {
+    "left": "moving left",
+    "right": "moving right",
+    "up": "moving up",
+    "down": "moving down",
+    "grow": "growing",
+    "shrink": "shrinking",
+    "rotate": "rotating",
+    "still": "staying still",
+}
+
+CAMERA_PHRASES: dict[str, str] = {
+    "zoom in": "zooming in",
+    "zoom out": "zooming out",
+    "pan left": "panning left",
+    "pan right": "panning right",
+}
+
+PASTEL_MIX = 0.5
+"""Pastel style: fraction of white mixed into every palette colour (hue unchanged)."""
+
+STRIPE_WIDTH = 0.35
+"""Striped style: stripe width as a fraction of the object's circumradius; stripes alternate the base colour and its
+pastel (light) version, which keeps the hue and stays far from every background."""
+
+STAR_INNER_RATIO = 0.45
+"""Inner/outer radius ratio of the five-pointed star."""
+
+_WATERMARK_BAND = ((215.0, 215.0, 215.0), 0.4)
+_WATERMARK_TEXT = ((60.0, 60.0, 60.0), 0.6)
+_GLYPHS: dict[str, tuple[str, ...]] = {
+    "Z": ("###", "..#", ".#.", "#..", "###"),
+    "O": ("###", "#.#", "#.#", "#.#", "###"),
+    "E": ("###", "#..", "##.", "#..", "###"),
+    "T": ("###", ".#.", ".#.", ".#.", ".#."),
+    "R": ("##.", "#.#", "##.", "#.#", "#.#"),
+    "P": ("##.", "#.#", "##.", "#..", "#.."),
+}
+_WATERMARK_WORD = "ZOETROPE"
+
+
+@dataclass
+class WorldConfig:
+    """What the world contains and how it is rendered.
+
+    `size` is the frame side in pixels and `num_frames` the clip length; positions in `ClipSpec` are fractions of
+    `size`, so changing it rescales everything. `watermark_fraction` of the rows at the bottom of a video-domain
+    frame hold the watermark band (objects are always placed above it, so metrics can ignore those rows);
+    `jpeg_quality` sets the video-domain compression artefacts; `texture_amplitude` (8-bit levels) is the peak of
+    the faint background texture that makes camera motion visible.
+    """
+
+    size: int = 64
+    num_frames: int = 16
+    shapes: tuple[str, ...] = SHAPES
+    colours: tuple[str, ...] = tuple(COLOURS)
+    backgrounds: tuple[str, ...] = tuple(BACKGROUNDS)
+    motions: tuple[str, ...] = BASE_MOTIONS
+    texture_amplitude: float = 16.0
+    watermark_fraction: float = 0.125
+    jpeg_quality: int = 40
+    fps: int = 8
+
+    def __post_init__(self) -> None:
+        self.shapes, self.colours = tuple(self.shapes), tuple(self.colours)
+        self.backgrounds, self.motions = tuple(self.backgrounds), tuple(self.motions)
+        if self.size < 32:
+            raise ConfigError(f"WorldConfig.size: found {self.size}, expected >= 32 pixels; use a larger size")
+        if self.num_frames < 2:
+            raise ConfigError(f"WorldConfig.num_frames: found {self.num_frames}, expected >= 2; use more frames")
+        for name, values, known in (
+            ("shapes", self.shapes, SHAPES),
+            ("colours", self.colours, tuple(COLOURS)),
+            ("backgrounds", self.backgrounds, tuple(BACKGROUNDS)),
+            ("motions", self.motions, MOTIONS),
+        ):
+            _check_names(f"WorldConfig.{name}", values, known)
+        if not 0.0 < self.watermark_fraction < 0.5:
+            raise ConfigError(
+                f"WorldConfig.watermark_fraction: found {self.watermark_fraction}, expected a value in (0, 0.5)"
+            )
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError(f"WorldConfig.jpeg_quality: found {self.jpeg_quality}, expected 1..100")
+
+    def band_rows(self, height: int | None = None) -> int:
+        """Number of watermark rows at the bottom of a frame of `height` pixels (default: `size`)."""
+        return max(2, int(round((self.size if height is None else height) * self.watermark_fraction)))
+
+
+@dataclass(frozen=True)
+class Intent:
+    """What a caption says: the fields a prompt carries (no positions). `None` means "not stated"."""
+
+    shape: str
+    colour: str
+    background: str | None = None
+    motion: str | None = None
+    camera: str | None = None
+    style: str | None = None
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """Everything needed to render one clip, deterministically.
+
+    `x`, `y` (start centre) and `radius` (start circumradius) are fractions of the image size; `angle` is the start
+    orientation in degrees. `speed` is the motion over the whole clip: travel in image sizes for left/right/up/down;
+    relative size change for grow (radius x (1 + speed)) and shrink (radius / (1 + speed)); signed turns for rotate;
+    ignored for still. `camera_speed` is the zoom factor minus one for zooms and the travel in image sizes for pans.
+    `texture_seed` seeds the background texture.
+    """
+
+    shape: str
+    colour: str
+    background: str
+    motion: str = "still"
+    x: float = 0.5
+    y: float = 0.45
+    radius: float = 0.14
+    angle: float = 0.0
+    speed: float = 0.0
+    camera: str | None = None
+    camera_speed: float = 0.0
+    style: str | None = None
+    texture_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_names("ClipSpec.shape", (self.shape,), SHAPES)
+        _check_names("ClipSpec.colour", (self.colour,), tuple(COLOURS))
+        _check_names("ClipSpec.background", (self.background,), tuple(BACKGROUNDS))
+        _check_names("ClipSpec.motion", (self.motion,), MOTIONS)
+        if self.camera is not None:
+            _check_names("ClipSpec.camera", (self.camera,), CAMERA_MOTIONS)
+        if self.style is not None:
+            _check_names("ClipSpec.style", (self.style,), tuple(STYLES))
+
+    def intent(self) -> Intent:
+        """The caption-level fields of this spec."""
+        return Intent(self.shape, self.colour, self.background, self.motion, self.camera, self.style)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (written next to every clip so evaluation can read the ground truth)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClipSpec:
+        """Inverse of `to_dict`; unknown keys are ignored so a JSONL row with extra columns can be passed in."""
+        names = {item.name for item in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})
+
+
+def _check_names(where: str, values: tuple[str, ...], known: tuple[str, ...]) -> None:
+    for value in values:
+        if value not in known:
+            raise ConfigError(f"{where}: found {value!r}, expected one of {', '.join(map(repr, known))}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# captions
+
+
+def caption(spec: ClipSpec | Intent, video: bool = True) -> str:
+    """The caption of a clip (`video=True`) or of an image (`video=False`: motion and camera are dropped).
+
+    "a red square moving left on a grey background", "..., camera zooming in", "..., in zxq style".
+    """
+    text = f"a {spec.colour} {spec.shape}"
+    if video and spec.motion is not None:
+        text += f" {MOTION_PHRASES[spec.motion]}"
+    if spec.background is not None:
+        text += f" on a {spec.background} background"
+    if video and spec.camera is not None:
+        text += f", camera {CAMERA_PHRASES[spec.camera]}"
+    if spec.style is not None:
+        text += f", in {STYLES[spec.style]} style"
+    return text
+
+
+def _alternatives(options: dict[str, str] | tuple[str, ...]) -> str:
+    return "|".join(re.escape(option) for option in sorted(options, key=len, reverse=True))
+
+
+_CAPTION_PATTERN = re.compile(
+    rf"^an? (?P<colour>{_alternatives(tuple(COLOURS))}) (?P<shape>{_alternatives(SHAPES)})"
+    rf"(?: (?P<motion>{_alternatives(tuple(MOTION_PHRASES.values()))}))?"
+    rf"(?: on an? (?P<background>{_alternatives(tuple(BACKGROUNDS))}) background)?"
+    rf"(?:,? camera (?P<camera>{_alternatives(tuple(CAMERA_PHRASES.values()))}))?"
+    rf"(?:,? in (?P<trigger>{_alternatives(tuple(STYLES.values()))}) style)?$"
+)
+
+
+def parse_caption(text: str) -> Intent:
+    """Read a caption written by `caption` (or a prompt in the same grammar) back into an `Intent`.
+
+    Case and surrounding whitespace are ignored; background, motion, camera and style are optional. This is what
+    lets `zoetrope eval` score a generated clip from its prompt alone.
+    """
+    normalised = " ".join(text.strip().lower().rstrip(".").split())
+    match = _CAPTION_PATTERN.match(normalised)
+    if match is None:
+        raise InputError(
+            f"caption {text!r}: not in the shapes-world grammar; expected e.g. "
+            "'a red square moving left on a grey background[, camera zooming in][, in zxq style]'"
+        )
+    motion_of = {phrase: motion for motion, phrase in MOTION_PHRASES.items()}
+    camera_of = {phrase: camera for camera, phrase in CAMERA_PHRASES.items()}
+    style_of = {trigger: style for style, trigger in STYLES.items()}
+    groups = match.groupdict()
+    return Intent(
+        shape=groups["shape"],
+        colour=groups["colour"],
+        background=groups["background"],
+        motion=motion_of.get(groups["motion"] or ""),
+        camera=camera_of.get(groups["camera"] or ""),
+        style=style_of.get(groups["trigger"] or ""),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# sampling
+
+
+def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    return float(rng.uniform(low, high))
+
+
+def sample_clip_spec(
+    rng: np.random.Generator,
+    config: WorldConfig,
+    motions: tuple[str, ...] | None = None,
+    camera: str | tuple[str, ...] | None = None,
+    style: str | None = None,
+    intent: Intent | None = None,
+) -> ClipSpec:
+    """Draw one random clip spec whose whole trajectory stays inside the frame and above the watermark band.
+
+    `motions` defaults to `config.motions`; `camera` is None (no camera motion), one camera motion, or a tuple to
+    draw from. Camera clips keep the object still in the world unless `motions` says otherwise. `intent` pins the
+    caption-level fields (e.g. from `parse_caption(prompt)`) and only positions, sizes and speeds are drawn.
+    Circles are never drawn with "rotate" (invisible), unless `intent` asks for it.
+    """
+    cameras: tuple[str | None, ...] = (None,) if camera is None else ((camera,) if isinstance(camera, str) else camera)
+    if motions is None:
+        motions = ("still",) if camera is not None else config.motions
+    _check_names("sample_clip_spec motions", tuple(motions), MOTIONS)
+    for name in cameras:
+        if name is not None:
+            _check_names("sample_clip_spec camera", (name,), CAMERA_MOTIONS)
+    if style is not None:
+        _check_names("sample_clip_spec style", (style,), tuple(STYLES))
+    if intent is None:
+        chosen_camera = cameras[int(rng.integers(len(cameras)))]
+        motion = str(rng.choice(motions))
+        visible = [name for name in config.shapes if not (motion == "rotate" and name == "circle")]
+        shape = str(rng.choice(visible or config.shapes))
+        colour = str(rng.choice(config.colours))
+        background = str(rng.choice(config.backgrounds))
+    else:
+        chosen_camera, style = intent.camera, intent.style
+        motion = intent.motion or "still"
+        shape, colour = intent.shape, intent.colour
+        background = intent.background or str(rng.choice(config.backgrounds))
+
+    base = dict(shape=shape, colour=colour, background=background, motion=motion, camera=chosen_camera, style=style)
+    for _ in range(1000):
+        speed, radius = 0.0, _uniform(rng, 0.11, 0.16)
+        if motion in ("left", "right", "up", "down"):
+            speed = _uniform(rng, 0.3, 0.45)
+        elif motion == "grow":
+            speed, radius = _uniform(rng, 0.6, 0.9), _uniform(rng, 0.08, 0.11)
+        elif motion == "shrink":
+            speed, radius = _uniform(rng, 0.6, 0.9), _uniform(rng, 0.16, 0.21)
+        elif motion == "rotate":
+            speed = _uniform(rng, 0.3, 0.45) * (1.0 if rng.random() < 0.5 else -1.0)
+        camera_speed = 0.0
+        if chosen_camera in ("zoom in", "zoom out"):
+            camera_speed = _uniform(rng, 0.3, 0.45)
+            radius = _uniform(rng, 0.08, 0.11) if chosen_camera == "zoom in" else _uniform(rng, 0.14, 0.19)
+        elif chosen_camera in ("pan left", "pan right"):
+            camera_speed = _uniform(rng, 0.3, 0.45)
+        spec = ClipSpec(
+            **base,
+            x=_uniform(rng, radius, 1 - radius),
+            y=_uniform(rng, radius, 1 - radius),
+            radius=radius,
+            angle=_uniform(rng, 0.0, 360.0),
+            speed=speed,
+            camera_speed=camera_speed,
+            texture_seed=int(rng.integers(2**31)),
+        )
+        if _fits(spec, config):
+            return spec
+    raise ConfigError(
+        f"sample_clip_spec: no placement of a {motion!r} clip (camera {chosen_camera!r}) fits a {config.size}px "
+        "frame above the watermark band; use a larger WorldConfig.size or a smaller watermark_fraction"
+    )
+
+
+def spec_for_prompt(prompt: str, rng: np.random.Generator, config: WorldConfig) -> ClipSpec:
+    """A random clip spec that matches a caption-grammar prompt: the ground-truth clip for that prompt."""
+    return sample_clip_spec(rng, config, intent=parse_caption(prompt))
+
+
+def _fits(spec: ClipSpec, config: WorldConfig) -> bool:
+    """Whether the object stays inside the frame, above the band, and at least ~3 px in radius, in every frame."""
+    centre_x, centre_y, radius, _ = object_track(spec, config)
+    size, margin = config.size, 1.0
+    bottom = size - config.band_rows() - margin
+    return bool(
+        np.all(centre_x - radius >= margin)
+        and np.all(centre_x + radius <= size - margin)
+        and np.all(centre_y - radius >= margin)
+        and np.all(centre_y + radius <= bottom)
+        and np.all(radius >= 0.05 * size)
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# geometry
+
+
+def _camera_track(spec: ClipSpec, config: WorldConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame camera zoom factor and horizontal camera offset (pixels; negative = camera moved left)."""
+    time = np.linspace(0.0, 1.0, config.num_frames)
+    zoom, offset = np.ones_like(time), np.zeros_like(time)
+    if spec.camera == "zoom in":
+        zoom = (1.0 + spec.camera_speed) ** time
+    elif spec.camera == "zoom out":
+        zoom = (1.0 + spec.camera_speed) ** -time
+    elif spec.camera == "pan left":
+        offset = -spec.camera_speed * config.size * time
+    elif spec.camera == "pan right":
+        offset = spec.camera_speed * config.size * time
+    return zoom, offset
+
+
+def _to_screen(world_x: np.ndarray, world_y: np.ndarray, zoom: np.ndarray, offset: np.ndarray, size: int):
+    centre = size / 2.0
+    return centre + zoom * (world_x - centre - offset), centre + zoom * (world_y - centre)
+
+
+def object_track(spec: ClipSpec, config: WorldConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-frame on-screen centre x, centre y, circumradius (pixels) and angle (degrees) of the object.
+
+    Object motion is linear in time for translations and rotation and exponential for grow/shrink (so log-size is
+    linear, the way a constant zoom looks); the camera is applied on top.
+    """
+    time = np.linspace(0.0, 1.0, config.num_frames)
+    size = config.size
+    world_x = np.full_like(time, spec.x * size)
+    world_y = np.full_like(time, spec.y * size)
+    radius = np.full_like(time, spec.radius * size)
+    angle = np.full_like(time, spec.angle)
+    travel = spec.speed * size * time
+    if spec.motion == "left":
+        world_x = world_x - travel
+    elif spec.motion == "right":
+        world_x = world_x + travel
+    elif spec.motion == "up":
+        world_y = world_y - travel
+    elif spec.motion == "down":
+        world_y = world_y + travel
+    elif spec.motion == "grow":
+        radius = radius * (1.0 + spec.speed) ** time
+    elif spec.motion == "shrink":
+        radius = radius * (1.0 + spec.speed) ** -time
+    elif spec.motion == "rotate":
+        angle = angle + 360.0 * spec.speed * time
+    zoom, offset = _camera_track(spec, config)
+    screen_x, screen_y = _to_screen(world_x, world_y, zoom, offset, size)
+    return screen_x, screen_y, radius * zoom, angle
+
+
+def _shape_vertices(shape: str, angle: np.ndarray) -> np.ndarray:
+    """Unit-circumradius polygon vertices (frames, n, 2), angle 0 = a vertex (or edge for the square) pointing up."""
+    if shape == "square":
+        base = np.deg2rad(45.0 + 90.0 * np.arange(4))
+        radii = np.ones(4)
+    elif shape == "triangle":
+        base = np.deg2rad(-90.0 + 120.0 * np.arange(3))
+        radii = np.ones(3)
+    elif shape == "star":
+        base = np.deg2rad(-90.0 + 36.0 * np.arange(10))
+        radii = np.where(np.arange(10) % 2 == 0, 1.0, STAR_INNER_RATIO)
+    else:
+        raise ConfigError(f"shape {shape!r}: no polygon; expected one of square, triangle, star")
+    theta = base[None, :] + np.deg2rad(angle)[:, None]
+    return np.stack([radii * np.cos(theta), radii * np.sin(theta)], axis=-1)
+
+
+def _polygon_sdf(points: np.ndarray, vertices: np.ndarray) -> np.ndarray:
+    """Signed distance (negative inside) from points (frames, p, 2) to one polygon per frame (frames, n, 2).
+
+    Distance = min over edges of the point-segment distance; sign from the even-odd crossing rule. Returns
+    (frames, p).
+    """
+    start = vertices[:, None, :, :]
+    end = np.roll(vertices, -1, axis=1)[:, None, :, :]
+    edge = end - start
+    offset = points[:, :, None, :] - start
+    along = np.clip((offset * edge).sum(-1) / (edge * edge).sum(-1), 0.0, 1.0)
+    gap = offset - edge * along[..., None]
+    distance = np.sqrt((gap * gap).sum(-1).min(axis=-1))
+    point_x, point_y = points[:, :, None, 0], points[:, :, None, 1]
+    start_y, end_y = start[..., 1], end[..., 1]
+    straddles = (start_y > point_y) != (end_y > point_y)
+    safe_dy = np.where(end_y == start_y, 1.0, end_y - start_y)
+    crossing_x = start[..., 0] + (point_y - start_y) * edge[..., 0] / safe_dy
+    inside = (straddles & (point_x < crossing_x)).sum(-1) % 2 == 1
+    return np.where(inside, -distance, distance)
+
+
+def _coverage(
+    shape: str, centre_x: np.ndarray, centre_y: np.ndarray, radius: np.ndarray, angle: np.ndarray, size: int
+) -> np.ndarray:
+    """Anti-aliased coverage (frames, size, size) in [0, 1] of the shape, clamp(0.5 - signed distance, 0, 1).
+
+    The distance is evaluated only in a square crop around the object in each frame (the shape covers a few
+    percent of the frame), then scattered into a padded canvas.
+    """
+    frames = centre_x.shape[0]
+    half = int(np.ceil(radius.max())) + 2
+    crop = 2 * half + 1
+    offsets = np.arange(crop)
+    cols = np.floor(centre_x).astype(np.int64)[:, None] - half + offsets
+    rows = np.floor(centre_y).astype(np.int64)[:, None] - half + offsets
+    point_x = np.broadcast_to(cols[:, None, :] + 0.5, (frames, crop, crop))
+    point_y = np.broadcast_to(rows[:, :, None] + 0.5, (frames, crop, crop))
+    if shape == "circle":
+        distance = np.hypot(point_x - centre_x[:, None, None], point_y - centre_y[:, None, None])
+        distance = distance - radius[:, None, None]
+    else:
+        points = np.stack([point_x, point_y], axis=-1).reshape(frames, crop * crop, 2)
+        vertices = _shape_vertices(shape, angle) * radius[:, None, None]
+        vertices = vertices + np.stack([centre_x, centre_y], axis=-1)[:, None, :]
+        distance = _polygon_sdf(points, vertices).reshape(frames, crop, crop)
+    canvas = np.zeros((frames, size + 2 * crop, size + 2 * crop))
+    frame_index = np.arange(frames)[:, None, None]
+    canvas[frame_index, rows[:, :, None] + crop, cols[:, None, :] + crop] = np.clip(0.5 - distance, 0.0, 1.0)
+    return canvas[:, crop : crop + size, crop : crop + size]
+
+
+def _pixel_centres(size: int) -> tuple[np.ndarray, np.ndarray]:
+    coords = np.arange(size, dtype=np.float64) + 0.5
+    grid_y, grid_x = np.meshgrid(coords, coords, indexing="ij")
+    return grid_x, grid_y
+
+
+def shape_colour(colour: str, style: str | None) -> np.ndarray:
+    """RGB float (3,) of a palette colour under a style (pastel mixes in white; stripes are drawn separately)."""
+    rgb = np.asarray(COLOURS[colour], dtype=np.float64)
+    if style == "pastel":
+        rgb = (1.0 - PASTEL_MIX) * rgb + PASTEL_MIX * 255.0
+    return rgb
+
+
+def _background(spec: ClipSpec, config: WorldConfig, zoom: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """Background (frames, h, w, 3): base colour plus a faint sum-of-cosines texture fixed in world coordinates."""
+    texture_rng = np.random.default_rng(spec.texture_seed)
+    count = 4
+    direction = texture_rng.uniform(0.0, np.pi, count)
+    wavelength = texture_rng.uniform(0.16, 0.3, count) * config.size
+    phase = texture_rng.uniform(0.0, 2 * np.pi, count)
+    grid_x, grid_y = _pixel_centres(config.size)
+    centre = config.size / 2.0
+    moving = spec.camera is not None
+    frames = config.num_frames if moving else 1
+    zoom_f = zoom[:frames, None, None]
+    world_x = centre + offset[:frames, None, None] + (grid_x[None] - centre) / zoom_f
+    world_y = centre + (grid_y[None] - centre) / zoom_f
+    wave = np.zeros((frames, config.size, config.size))
+    for index in range(count):
+        along = world_x * np.cos(direction[index]) + world_y * np.sin(direction[index])
+        wave += np.cos(2 * np.pi * along / wavelength[index] + phase[index])
+    texture = config.texture_amplitude * wave / count
+    base = np.asarray(BACKGROUNDS[spec.background], dtype=np.float64)
+    background = base[None, None, None, :] + texture[..., None]
+    return np.broadcast_to(background, (config.num_frames, config.size, config.size, 3))
+
+
+def _render_frames(spec: ClipSpec, config: WorldConfig) -> np.ndarray:
+    """Clean float frames (frames, h, w, 3) in 0..255: textured background + anti-aliased (styled) shape."""
+    size = config.size
+    zoom, offset = _camera_track(spec, config)
+    centre_x, centre_y, radius, angle = object_track(spec, config)
+    coverage = _coverage(spec.shape, centre_x, centre_y, radius, angle, size)[..., None]
+    colour = np.broadcast_to(shape_colour(spec.colour, spec.style), (config.num_frames, size, size, 3))
+    if spec.style == "striped":
+        grid_x, grid_y = _pixel_centres(size)
+        theta = np.deg2rad(angle + 45.0)[:, None, None]
+        across = (grid_x[None] - centre_x[:, None, None]) * np.cos(theta)
+        across = (across + (grid_y[None] - centre_y[:, None, None]) * np.sin(theta)) / radius[:, None, None]
+        light = (np.floor(across / STRIPE_WIDTH) % 2 == 1)[..., None]
+        colour = np.where(light, shape_colour(spec.colour, "pastel"), colour)
+    background = _background(spec, config, zoom, offset)
+    return background * (1.0 - coverage) + colour * coverage
+
+
+def watermark_layers(config: WorldConfig, height: int | None = None, width: int | None = None):
+    """The fixed watermark as two (alpha (h, w), rgb (3,)) layers: a light band and dark block-letter "text".
+
+    Composite in order: frame = frame * (1 - alpha) + rgb * alpha. Metrics use the same layers to predict what the
+    watermark would add to a given background.
+    """
+    height = config.size if height is None else height
+    width = config.size if width is None else width
+    band = config.band_rows(height)
+    band_alpha = np.zeros((height, width))
+    band_alpha[height - band :, :] = _WATERMARK_BAND[1]
+    glyph_rows = ["".join(_GLYPHS[letter][row] + "." for letter in _WATERMARK_WORD)[:-1] for row in range(5)]
+    bitmap = np.array([[char == "#" for char in row] for row in glyph_rows])
+    text_top, text_bottom = height - band + 1, height - 1
+    text_left, text_right = int(round(width * 0.06)), int(round(width * 0.94))
+    rows = np.arange(text_top, text_bottom)
+    cols = np.arange(text_left, text_right)
+    row_index = ((rows - text_top) * bitmap.shape[0] // max(1, text_bottom - text_top)).clip(0, bitmap.shape[0] - 1)
+    col_index = ((cols - text_left) * bitmap.shape[1] // max(1, text_right - text_left)).clip(0, bitmap.shape[1] - 1)
+    text_alpha = np.zeros((height, width))
+    text_alpha[np.ix_(rows, cols)] = bitmap[np.ix_(row_index, col_index)] * _WATERMARK_TEXT[1]
+    return [
+        (band_alpha, np.asarray(_WATERMARK_BAND[0])),
+        (text_alpha, np.asarray(_WATERMARK_TEXT[0])),
+    ]
+
+
+def apply_watermark(frames: np.ndarray, config: WorldConfig) -> np.ndarray:
+    """Composite the fixed watermark onto float frames (..., h, w, 3); returns a new float array."""
+    height, width = frames.shape[-3], frames.shape[-2]
+    result = np.asarray(frames, dtype=np.float64)
+    for alpha, rgb in watermark_layers(config, height, width):
+        result = result * (1.0 - alpha[..., None]) + rgb * alpha[..., None]
+    return result
+
+
+def jpeg_roundtrip(frames: np.ndarray, quality: int) -> np.ndarray:
+    """Encode and decode every uint8 frame (f, h, w, 3) as JPEG: the blocking and chroma bleeding of web video."""
+    out = np.empty_like(frames)
+    for index, frame in enumerate(frames):
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, format="JPEG", quality=quality)
+        buffer.seek(0)
+        out[index] = np.asarray(Image.open(buffer).convert("RGB"))
+    return out
+
+
+def _to_uint8(frames: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(frames), 0, 255).astype(np.uint8)
+
+
+def render_clip(spec: ClipSpec, config: WorldConfig, video_domain: bool = True) -> np.ndarray:
+    """Render a clip as uint8 (frames, h, w, 3).
+
+    `video_domain=True` adds the WebVid-like defects (watermark band, then JPEG at `config.jpeg_quality`);
+    `video_domain=False` gives clean frames, the way the image domain looks.
+    """
+    frames = _render_frames(spec, config)
+    if not video_domain:
+        return _to_uint8(frames)
+    return jpeg_roundtrip(_to_uint8(apply_watermark(frames, config)), config.jpeg_quality)
+
+
+def render_image(spec: ClipSpec, config: WorldConfig) -> np.ndarray:
+    """Render the clean image-domain picture (h, w, 3) uint8 of a spec: its first frame, no camera, no defects."""
+    still = ClipSpec.from_dict({**spec.to_dict(), "motion": "still", "camera": None, "camera_speed": 0.0})
+    single = WorldConfig(**{**_config_dict(config), "num_frames": 2})
+    return _to_uint8(_render_frames(still, single)[0])
+
+
+def _config_dict(config: WorldConfig) -> dict[str, Any]:
+    return {item.name: getattr(config, item.name) for item in fields(config)}
+
+
+__all__ = [
+    "BACKGROUNDS",
+    "BASE_MOTIONS",
+    "CAMERA_MOTIONS",
+    "COLOURS",
+    "ClipSpec",
+    "Intent",
+    "MOTIONS",
+    "SHAPES",
+    "STYLES",
+    "WorldConfig",
+    "apply_watermark",
+    "caption",
+    "jpeg_roundtrip",
+    "object_track",
+    "parse_caption",
+    "render_clip",
+    "render_image",
+    "sample_clip_spec",
+    "shape_colour",
+    "spec_for_prompt",
+    "watermark_layers",
+]
