@@ -178,3 +178,25 @@ def test_layout_mismatch_is_a_clear_error() -> None:
     sdxl_like = MotionModules(tiny_motion_config(block_out_channels=(32, 64, 64), version="sdxl"))
     with pytest.raises(CheckpointError, match="SDXL-layout.*SD1.5|image model"):
         VideoUNet(make_tiny_unet(), sdxl_like)
+
+
+def test_sdxl_layout_unet_inflates_with_joint_motion_norm() -> None:
+    """An SDXL-layout UNet (3 blocks, DownBlock2D first, text_time added conditioning) takes the SDXL preset layout."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, block_out_channels=(32, 64, 64), layers_per_block=1, cross_attention_dim=32,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=4, norm_num_groups=8, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=32 + 6 * 8, transformer_layers_per_block=1,
+    ).eval()
+    modules = make_tiny_motion_modules(block_out_channels=(32, 64, 64), norm_mode="joint", version="sdxl")
+    video = VideoUNet(unet, modules)
+    sample = torch.randn(1, 4, 3, 8, 8)
+    added = {"text_embeds": torch.randn(1, 32), "time_ids": torch.randn(1, 6)}
+    with torch.no_grad():
+        out = video(sample, 10, torch.randn(1, 5, 32), added_cond_kwargs=added)
+    assert out.shape == sample.shape and torch.isfinite(out).all()
+    assert len(video._handles) == modules.num_modules()

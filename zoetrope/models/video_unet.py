@@ -186,6 +186,7 @@ class VideoUNet(nn.Module):
         down_block_additional_residuals: Sequence[torch.Tensor] | None = None,
         mid_block_additional_residual: torch.Tensor | None = None,
         motion_strength: float | torch.Tensor = 1.0,
+        added_cond_kwargs: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Noise prediction for a batch of videos.
 
@@ -197,6 +198,7 @@ class VideoUNet(nn.Module):
                 the image UNet's `(b f) c h w` layout.
             motion_strength: multiplier on every motion module's output (1 = as trained, 0 = image model per
                 frame); a `(f,)` tensor gives one value per frame.
+            added_cond_kwargs: SDXL's per-video `text_embeds`/`time_ids`; repeated per frame here.
         """
         if sample.ndim != 5:
             raise InputError(f"VideoUNet expects latents (batch, channels, frames, height, width), got shape {tuple(sample.shape)}")
@@ -211,6 +213,10 @@ class VideoUNet(nn.Module):
             text = rearrange(encoder_hidden_states, "b f l d -> (b f) l d")
         else:
             text = repeat(encoder_hidden_states, "b l d -> (b f) l d", f=num_frames)
+        if added_cond_kwargs is not None:
+            added_cond_kwargs = {
+                key: value.repeat_interleave(num_frames, dim=0) for key, value in added_cond_kwargs.items()
+            }
         with self.frame_context(num_frames, motion_strength):
             prediction = self.image_unet(
                 frames,
@@ -218,6 +224,7 @@ class VideoUNet(nn.Module):
                 encoder_hidden_states=text,
                 down_block_additional_residuals=down_block_additional_residuals,
                 mid_block_additional_residual=mid_block_additional_residual,
+                added_cond_kwargs=added_cond_kwargs,
                 return_dict=False,
             )[0]
         return rearrange(prediction, "(b f) c h w -> b c f h w", f=num_frames)
