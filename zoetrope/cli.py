@@ -183,6 +183,60 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- world / train / eval
+def cmd_world_make(args: argparse.Namespace) -> int:
+    from zoetrope.world.make import PRESETS, make_preset
+    from zoetrope.world.render import WorldConfig
+
+    if args.preset not in PRESETS:
+        raise ConfigError(f"--preset {args.preset!r}: expected one of {sorted(PRESETS)}")
+    config = WorldConfig(size=args.size, num_frames=args.frames)
+    files = make_preset(args.preset, args.output, config=config, seed=args.seed, scale=args.scale, overwrite=args.overwrite)
+    print(f"wrote {args.preset} world to {args.output}: {files}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from zoetrope.training.engine import main_train
+
+    exported = main_train(args.config, resume=args.resume, overrides=args.set)
+    if exported is not None:
+        print(f"wrote {exported}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from zoetrope.pipelines.load import load_pipeline
+    from zoetrope.pipelines.text_to_video import generate
+    from zoetrope.world.metrics import CAMERA_SUITE, PROMPT_SUITE, evaluate_clips, format_table
+
+    suites = {"base": PROMPT_SUITE, "camera": CAMERA_SUITE}
+    prompts = [p + (f", {args.suffix}" if args.suffix else "") for p in suites[args.suite]][: args.limit or None]
+    pipeline = load_pipeline(
+        args.model, args.motion_module, motion_loras=args.motion_lora, loras=args.lora, adapter=args.adapter,
+        dtype=_dtype(args.dtype), device=_device(args.device),
+    )
+    clips, used_prompts = [], []
+    for seed in range(args.seed, args.seed + args.seeds):
+        result = generate(
+            pipeline, prompts, num_frames=args.frames, steps=args.steps, guidance_scale=args.guidance, seed=seed,
+            negative_prompt=args.negative, progress=False, motion_strength=args.motion_strength,
+        )
+        frames = (result.frames.clamp(0, 1) * 255).round().to(dtype=__import__("torch").uint8)
+        clips += [np.ascontiguousarray(video.permute(1, 2, 3, 0).numpy()) for video in frames]
+        used_prompts += [p.replace(f", {args.suffix}", "") if args.suffix else p for p in prompts]
+    results = evaluate_clips(clips, used_prompts)
+    results["settings"] = {k: v for k, v in vars(args).items() if k != "handler"}
+    print(format_table(results))
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2, default=str))
+    print(f"wrote {output}")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zoetrope", description="Turn text-to-image diffusion models into video generators.")
@@ -218,6 +272,41 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("output")
     convert.add_argument("--to", choices=("official", "diffusers"), default="diffusers")
     convert.set_defaults(handler=cmd_convert)
+
+    world = commands.add_parser("world", help="the shapes world: synthetic captioned clips and images")
+    world_commands = world.add_subparsers(dest="world_command", required=True)
+    make = world_commands.add_parser("make", help="render a world data set to disk")
+    make.add_argument("output")
+    make.add_argument("--preset", default="base", help="base, zoom-in, zoom-out, pan-left, pan-right, pastel, striped")
+    make.add_argument("--size", type=int, default=64)
+    make.add_argument("--frames", type=int, default=16)
+    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--scale", type=float, default=1.0, help="multiply the preset's clip/image counts")
+    make.add_argument("--overwrite", action="store_true")
+    make.set_defaults(handler=cmd_world_make)
+
+    train = commands.add_parser("train", help="train a stage (image, personalize, domain-adapter, motion, motion-lora, ...)")
+    train.add_argument("config", help="training YAML (see configs/)")
+    train.add_argument("--resume", action="store_true", help="continue exactly from the last checkpoint")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="score generated clips on the shapes world's prompt suite")
+    add_model_arguments(evaluate)
+    evaluate.add_argument("--suite", choices=("base", "camera"), default="base")
+    evaluate.add_argument("--suffix", default="", help="text appended to every prompt (e.g. a style trigger)")
+    evaluate.add_argument("--limit", type=int, default=0, help="only the first N prompts")
+    evaluate.add_argument("--seeds", type=int, default=1, help="videos per prompt")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--frames", type=int, default=16)
+    evaluate.add_argument("--steps", type=int, default=25)
+    evaluate.add_argument("--guidance", type=float, default=7.5)
+    evaluate.add_argument("--negative", default="")
+    evaluate.add_argument("--motion-strength", type=float, default=1.0)
+    evaluate.add_argument("--dtype", default="fp32")
+    evaluate.add_argument("--device", default=None)
+    evaluate.add_argument("-o", "--output", default="outputs/eval.json")
+    evaluate.set_defaults(handler=cmd_eval)
     return parser
 
 

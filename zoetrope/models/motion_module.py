@@ -17,7 +17,7 @@ Two details decide parity with the released checkpoints:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -138,13 +138,16 @@ class TemporalAttention(nn.Module):
         self.to_out = nn.Linear(channels, channels)
         self.register_buffer("pos_encoding", sinusoidal_encoding(max_frames, channels), persistent=True)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, key_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """`key_scale` (frames,) multiplies the keys: ComfyUI's "motion scale" (a temperature on temporal attention)."""
         num_frames = tokens.shape[1]
         tokens = tokens + self.pos_encoding[:, :num_frames].to(tokens.dtype)
         query, key, value = (
             rearrange(projection(tokens), "n f (heads d) -> n heads f d", heads=self.num_heads)
             for projection in (self.to_q, self.to_k, self.to_v)
         )
+        if key_scale is not None:
+            key = key * key_scale.to(key)[None, None, :, None]
         attended = F.scaled_dot_product_attention(query, key, value)
         return self.to_out(rearrange(attended, "n heads f d -> n f (heads d)"))
 
@@ -174,9 +177,9 @@ class TemporalTransformerBlock(nn.Module):
         self.ff_norm = nn.LayerNorm(channels)
         self.ff = GEGLUFeedForward(channels)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, key_scale: torch.Tensor | None = None) -> torch.Tensor:
         for norm, attention in zip(self.attention_norms, self.attentions):
-            tokens = attention(norm(tokens)) + tokens
+            tokens = attention(norm(tokens), key_scale) + tokens
         return self.ff(self.ff_norm(tokens)) + tokens
 
 
@@ -201,7 +204,20 @@ class MotionModule(nn.Module):
             nn.init.zeros_(self.proj_out.weight)
             nn.init.zeros_(self.proj_out.bias)
 
-    def forward(self, hidden: torch.Tensor, num_frames: int, strength: float | torch.Tensor = 1.0) -> torch.Tensor:
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        num_frames: int,
+        strength: float | torch.Tensor = 1.0,
+        key_scale: torch.Tensor | None = None,
+        windows: "MotionWindows | None" = None,
+    ) -> torch.Tensor:
+        """`(b f) c h w -> (b f) c h w`.
+
+        `strength` (float or per-frame tensor) scales the module's output delta (ComfyUI's "effect");
+        `key_scale` (per frame) scales attention keys (ComfyUI's "motion scale"); `windows` runs the temporal
+        transformer on overlapping frame windows and fuses them (FreeNoise-style views inside the motion module).
+        """
         height, width = hidden.shape[-2:]
         if self.norm_mode == "joint":
             normed = rearrange(
@@ -210,8 +226,10 @@ class MotionModule(nn.Module):
         else:
             normed = self.norm(hidden)
         tokens = self.proj_in(rearrange(normed, "(b f) c h w -> (b h w) f c", f=num_frames))
-        for block in self.transformer_blocks:
-            tokens = block(tokens)
+        if windows is None:
+            tokens = self._transform(tokens, key_scale)
+        else:
+            tokens = windows.apply(lambda part, frames: self._transform(part, None if key_scale is None else key_scale[frames]), tokens)
         delta = rearrange(self.proj_out(tokens), "(b h w) f c -> (b f) c h w", h=height, w=width)
         if isinstance(strength, torch.Tensor):
             # A per-frame strength (frames,) broadcast over the batch: `(b f)` is batch-major.
@@ -219,6 +237,33 @@ class MotionModule(nn.Module):
         elif strength == 1.0:
             return hidden + delta
         return hidden + strength * delta
+
+    def _transform(self, tokens: torch.Tensor, key_scale: torch.Tensor | None) -> torch.Tensor:
+        for block in self.transformer_blocks:
+            tokens = block(tokens, key_scale)
+        return tokens
+
+
+@dataclass
+class MotionWindows:
+    """Frame windows for the temporal transformer and one fusion weight per window position.
+
+    `apply(transform, tokens)` runs `transform(tokens[:, window], window)` for each window and averages the
+    overlapping outputs with the weights (Qiu et al. 2023, FreeNoise, §3.3 "window-based attention fusion").
+    """
+
+    windows: list[list[int]]
+    weights: torch.Tensor
+
+    def apply(self, transform, tokens: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros_like(tokens, dtype=torch.float32)
+        norm = torch.zeros(tokens.shape[1], dtype=torch.float32, device=tokens.device)
+        weights = self.weights.to(device=tokens.device, dtype=torch.float32)
+        for window in self.windows:
+            index = torch.as_tensor(window, device=tokens.device)
+            total[:, index] += transform(tokens[:, index], index).float() * weights[None, : len(window), None]
+            norm[index] += weights[: len(window)]
+        return (total / norm[None, :, None]).to(tokens.dtype)
 
 
 class MotionBlock(nn.Module):
@@ -262,4 +307,5 @@ class FrameContext:
 
     num_frames: int
     strength: float | torch.Tensor = 1.0
-    extras: dict = field(default_factory=dict)
+    key_scale: torch.Tensor | None = None
+    windows: MotionWindows | None = None

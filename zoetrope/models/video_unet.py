@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from zoetrope.errors import CheckpointError, FrameCountError, InputError
-from zoetrope.models.motion_module import FrameContext, MotionModule, MotionModules
+from zoetrope.models.motion_module import FrameContext, MotionModule, MotionModules, MotionWindows
 
 
 def _insertion_targets(image_unet: nn.Module, block_name: str) -> list[nn.Module]:
@@ -116,9 +116,12 @@ class VideoUNet(nn.Module):
                 return output
             hidden = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                hidden = checkpoint(module, hidden, context.num_frames, context.strength, use_reentrant=False)
+                hidden = checkpoint(
+                    module, hidden, context.num_frames, context.strength, context.key_scale, context.windows,
+                    use_reentrant=False,
+                )
             else:
-                hidden = module(hidden, context.num_frames, context.strength)
+                hidden = module(hidden, context.num_frames, context.strength, context.key_scale, context.windows)
             if isinstance(output, tuple):
                 return (hidden, *output[1:])
             if hasattr(output, "sample"):
@@ -139,10 +142,16 @@ class VideoUNet(nn.Module):
         return rearrange(output, "b c (f h) w -> (b f) c h w", f=self._context.num_frames)
 
     @contextlib.contextmanager
-    def frame_context(self, num_frames: int, strength: float | torch.Tensor = 1.0) -> Iterator[FrameContext]:
+    def frame_context(
+        self,
+        num_frames: int,
+        strength: float | torch.Tensor = 1.0,
+        key_scale: torch.Tensor | None = None,
+        windows: MotionWindows | None = None,
+    ) -> Iterator[FrameContext]:
         """Scope in which the image UNet's calls are treated as `num_frames`-frame videos."""
         previous = self._context
-        self._context = FrameContext(num_frames=num_frames, strength=strength)
+        self._context = FrameContext(num_frames=num_frames, strength=strength, key_scale=key_scale, windows=windows)
         try:
             yield self._context
         finally:
@@ -187,6 +196,8 @@ class VideoUNet(nn.Module):
         mid_block_additional_residual: torch.Tensor | None = None,
         motion_strength: float | torch.Tensor = 1.0,
         added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+        motion_scale: torch.Tensor | float | None = None,
+        motion_windows: MotionWindows | None = None,
     ) -> torch.Tensor:
         """Noise prediction for a batch of videos.
 
@@ -199,11 +210,16 @@ class VideoUNet(nn.Module):
             motion_strength: multiplier on every motion module's output (1 = as trained, 0 = image model per
                 frame); a `(f,)` tensor gives one value per frame.
             added_cond_kwargs: SDXL's per-video `text_embeds`/`time_ids`; repeated per frame here.
+            motion_scale: multiplier on the temporal attention keys (a float or a `(f,)` tensor).
+            motion_windows: run the motion modules on overlapping frame windows (long videos, FreeNoise views);
+                the positional-encoding limit then applies to the window length, not to the whole video.
         """
         if sample.ndim != 5:
             raise InputError(f"VideoUNet expects latents (batch, channels, frames, height, width), got shape {tuple(sample.shape)}")
         batch, _, num_frames = sample.shape[:3]
-        self.check_frames(num_frames)
+        self.check_frames(max(map(len, motion_windows.windows)) if motion_windows is not None else num_frames)
+        if motion_scale is not None:
+            motion_scale = torch.as_tensor(motion_scale, dtype=torch.float32, device=sample.device).expand(num_frames)
         frames = rearrange(sample, "b c f h w -> (b f) c h w")
         timestep = torch.as_tensor(timestep, device=sample.device)
         if timestep.ndim == 0:
@@ -217,7 +233,7 @@ class VideoUNet(nn.Module):
             added_cond_kwargs = {
                 key: value.repeat_interleave(num_frames, dim=0) for key, value in added_cond_kwargs.items()
             }
-        with self.frame_context(num_frames, motion_strength):
+        with self.frame_context(num_frames, motion_strength, motion_scale, motion_windows):
             prediction = self.image_unet(
                 frames,
                 timestep,
