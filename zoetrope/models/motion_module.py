@@ -246,23 +246,23 @@ class MotionModule(nn.Module):
 
 @dataclass
 class MotionWindows:
-    """Frame windows for the temporal transformer and one fusion weight per window position.
+    """Frame windows for the temporal transformer and each window's per-frame fusion weights.
 
     `apply(transform, tokens)` runs `transform(tokens[:, window], window)` for each window and averages the
     overlapping outputs with the weights (Qiu et al. 2023, FreeNoise, §3.3 "window-based attention fusion").
     """
 
     windows: list[list[int]]
-    weights: torch.Tensor
+    weights: list[torch.Tensor]
 
     def apply(self, transform, tokens: torch.Tensor) -> torch.Tensor:
         total = torch.zeros_like(tokens, dtype=torch.float32)
         norm = torch.zeros(tokens.shape[1], dtype=torch.float32, device=tokens.device)
-        weights = self.weights.to(device=tokens.device, dtype=torch.float32)
-        for window in self.windows:
+        for window, weights in zip(self.windows, self.weights):
             index = torch.as_tensor(window, device=tokens.device)
-            total[:, index] += transform(tokens[:, index], index).float() * weights[None, : len(window), None]
-            norm[index] += weights[: len(window)]
+            weights = weights.to(device=tokens.device, dtype=torch.float32)
+            total[:, index] += transform(tokens[:, index], index).float() * weights[None, :, None]
+            norm[index] += weights
         return (total / norm[None, :, None]).to(tokens.dtype)
 
 

@@ -17,11 +17,12 @@ import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence, Union
 
 import torch
 
 from zoetrope.errors import InputError
+from zoetrope.models.motion_module import MotionWindows
 from zoetrope.models.video_unet import VideoUNet
 from zoetrope.pipelines.components import (
     ImageModel,
@@ -30,8 +31,11 @@ from zoetrope.pipelines.components import (
     encode_prompts,
     make_scheduler,
 )
-from zoetrope.sampling.guidance import cfg
-from zoetrope.sampling.loop import denoise
+from zoetrope.sampling.context import ContextConfig, context_windows, window_weights, wrap_predict_with_context
+from zoetrope.sampling.guidance import cfg, motion_scale_schedule
+from zoetrope.sampling.loop import denoise, start_step_for_strength
+from zoetrope.sampling.noise import freeinit_filter, freeinit_mix, make_noise
+from zoetrope.sampling.prompts import parse_prompt_map, travel_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +46,8 @@ StepCallback = Callable[[int, int, torch.Tensor], None]
 class GenerationSettings:
     """Everything that decides a generation besides the weights; saved beside every output."""
 
-    prompt: list[str]
-    negative_prompt: list[str]
+    prompt: list[str | dict]
+    negative_prompt: list[str | dict]
     seeds: list[int]
     num_frames: int = 16
     width: int = 512
@@ -51,7 +55,7 @@ class GenerationSettings:
     steps: int = 25
     guidance_scale: float = 7.5
     scheduler: str = "ddim"
-    motion_strength: float = 1.0
+    motion_strength: float | list = 1.0
     decode_chunk_size: int = 16
     extras: dict = field(default_factory=dict)
 
@@ -139,27 +143,116 @@ def check_size(width: int, height: int, multiple: int = 8) -> None:
 
 
 def initial_noise(
-    seeds: Sequence[int], shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+    seeds: Sequence[int],
+    shape: tuple[int, ...],
+    device: torch.device,
+    dtype: torch.dtype,
+    prior: str | None = None,
+    params: Mapping[str, float] | None = None,
 ) -> torch.Tensor:
-    """Latent noise `(b, c, f, h, w)`, video i drawn from a CPU generator seeded with seeds[i] (device-independent)."""
-    videos = [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
-    return torch.stack(videos).to(device=device, dtype=dtype)
+    """Latent noise `(b, c, f, h, w)`, video i drawn from a CPU generator seeded with seeds[i] (device-independent).
+
+    With no prior this is the official draw (`torch.randn` of the whole video after seeding), so a seed gives the
+    same noise as the reference code; a named prior (`zoetrope.sampling.noise`) draws frame by frame.
+    """
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    if prior is None:
+        videos = torch.stack([torch.randn(shape, generator=g) for g in generators])
+    else:
+        videos = make_noise(prior, (len(seeds), *shape), generators, **dict(params or {}))
+    return videos.to(device=device, dtype=dtype)
 
 
-def make_guided_predict(
+@dataclass
+class TravelSettings:
+    """Prompt travel: frame-keyed prompts blended between keys (animatediff-cli-prompt-travel semantics)."""
+
+    hold: float = 0.0
+    method: str = "lerp"
+    circular: bool = False
+    head: str = ""
+    tail: str = ""
+
+
+@dataclass
+class FreeInitSettings:
+    """FreeInit (Wu et al. 2023): re-run sampling from the result's low frequencies plus fresh high frequencies."""
+
+    iterations: int = 0
+    filter: str = "butterworth"
+    d_s: float = 0.25
+    d_t: float = 0.25
+    order: int = 4
+
+
+PromptInput = Union[str, Sequence[str], Mapping[int, str]]
+
+
+def _encode_one(model: ImageModel, prompt: str | Mapping[int, str], num_frames: int, travel: TravelSettings) -> torch.Tensor:
+    """`(tokens, dim)` for a plain prompt, `(frames, tokens, dim)` for a frame-keyed prompt map."""
+    if isinstance(prompt, Mapping):
+        keyed = parse_prompt_map(prompt, num_frames, head=travel.head, tail=travel.tail)
+        keys = sorted(keyed)
+        embeddings = encode_prompts(model.tokenizer, model.text_encoder, [keyed[k] for k in keys])
+        return travel_embeddings(
+            embeddings.float(), keys, num_frames, hold=travel.hold, circular=travel.circular, method=travel.method
+        )
+    return encode_prompts(model.tokenizer, model.text_encoder, [prompt])[0]
+
+
+def encode_conditioning(
+    model: ImageModel,
+    prompts: Sequence[str | Mapping[int, str]],
+    negatives: Sequence[str | Mapping[int, str]],
+    num_frames: int,
+    travel: TravelSettings,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cond, uncond): `(b, tokens, dim)`, or `(b, f, tokens, dim)` as soon as any prompt travels."""
+    cond = [_encode_one(model, p, num_frames, travel) for p in prompts]
+    uncond = [_encode_one(model, n, num_frames, travel) for n in negatives]
+    if any(e.ndim == 3 for e in cond + uncond):
+        cond = [e if e.ndim == 3 else e.expand(num_frames, -1, -1) for e in cond]
+        uncond = [e if e.ndim == 3 else e.expand(num_frames, -1, -1) for e in uncond]
+    return torch.stack(cond), torch.stack(uncond)
+
+
+def _per_frame(value: float | Sequence[float] | torch.Tensor, num_frames: int) -> float | torch.Tensor:
+    if isinstance(value, (int, float)):
+        return float(value)
+    return motion_scale_schedule(value, num_frames)
+
+
+def make_frame_predict(
     video_unet: VideoUNet,
     cond: torch.Tensor,
     uncond: torch.Tensor,
     guidance_scale: float,
     motion_strength: float | torch.Tensor = 1.0,
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """predict(latents, t) -> guided noise; unconditional and conditional run as one batch (official order)."""
-    use_cfg = guidance_scale != 1.0
-    text = torch.cat([uncond, cond]) if use_cfg else cond
+    motion_scale: float | torch.Tensor = 1.0,
+    motion_windows: Callable[[int], MotionWindows | None] | None = None,
+):
+    """predict(latents, t, frame_indices, step) -> guided noise for those frames.
 
-    def predict(latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+    Unconditional and conditional halves run as one batch (official order: uncond first). Per-frame inputs
+    (travelling prompt embeddings, per-frame motion strength/scale) are sliced with `frame_indices`, so the same
+    predict serves whole videos and context windows.
+    """
+    use_cfg = guidance_scale != 1.0
+
+    def pick(value, frames):
+        return value[frames] if isinstance(value, torch.Tensor) and value.ndim == 1 else value
+
+    def predict(latents: torch.Tensor, timestep: torch.Tensor, frame_indices: list[int], step: int = 0) -> torch.Tensor:
+        frames = torch.as_tensor(frame_indices)
+        c, u = (e[:, frames] if e.ndim == 4 else e for e in (cond, uncond))
+        text = torch.cat([u, c]) if use_cfg else c
         batch = torch.cat([latents, latents]) if use_cfg else latents
-        noise = video_unet(batch, timestep, text, motion_strength=motion_strength)
+        scale = pick(motion_scale, frames)
+        noise = video_unet(
+            batch, timestep, text, motion_strength=pick(motion_strength, frames),
+            motion_scale=None if isinstance(scale, float) and scale == 1.0 else scale,
+            motion_windows=motion_windows(step) if motion_windows is not None else None,
+        )
         if not use_cfg:
             return noise
         noise_uncond, noise_cond = noise.chunk(2)
@@ -168,12 +261,28 @@ def make_guided_predict(
     return predict
 
 
+def make_step_predict(frame_predict, num_frames: int, context: ContextConfig | None, context_mode: str):
+    """The loop's predict(latents, t, step): windows around the whole UNet, or (motion mode) one full call."""
+    if context is not None and context_mode == "unet":
+        return wrap_predict_with_context(lambda latents, t, frames, step=0: frame_predict(latents, t, frames, step), context)
+    all_frames = list(range(num_frames))
+    return lambda latents, t, step: frame_predict(latents, t, all_frames, step)
+
+
+def _motion_windows(num_frames: int, context: ContextConfig) -> Callable[[int], MotionWindows]:
+    def at(step: int) -> MotionWindows:
+        windows = context_windows(num_frames, step, context)
+        return MotionWindows(windows, window_weights(windows, num_frames, context))
+
+    return at
+
+
 @torch.no_grad()
 def generate(
     pipeline: VideoPipeline,
-    prompt: str | Sequence[str],
+    prompt: PromptInput | Sequence[Mapping[int, str]],
     *,
-    negative_prompt: str | Sequence[str] | None = None,
+    negative_prompt: str | Sequence[str] | Mapping[int, str] | None = None,
     num_frames: int = 16,
     width: int | None = None,
     height: int | None = None,
@@ -181,64 +290,138 @@ def generate(
     guidance_scale: float = 7.5,
     seed: int | Sequence[int] | None = None,
     scheduler: str = "ddim",
-    motion_strength: float = 1.0,
+    motion_strength: float | Sequence[float] = 1.0,
+    motion_scale: float | Sequence[float] = 1.0,
+    context: ContextConfig | None = None,
+    context_mode: str = "unet",
+    travel: TravelSettings | None = None,
+    noise: str | None = None,
+    noise_params: Mapping[str, float] | None = None,
+    freeinit: FreeInitSettings | None = None,
     decode_chunk_size: int = 16,
     callback: StepCallback | None = None,
     progress: bool = True,
     return_latents: bool = False,
     latents: torch.Tensor | None = None,
     decode: bool = True,
+    init_latents: torch.Tensor | None = None,
+    strength: float = 1.0,
 ) -> VideoResult:
     """Generate one video per prompt. Returns frames `(b, c, f, h, w)` in [0, 1] and the settings used.
 
-    `latents` replaces the seeded initial noise (benchmarks and parity checks feed both pipelines the same);
-    `decode=False` skips the VAE (frames is then empty) for latent-only work.
+    `prompt` may be a frame-keyed map (`{0: "...", 16: "..."}`) for prompt travel; `context` samples videos
+    longer than the motion module's positional encoding in overlapping windows (`context_mode="unet"`: windows
+    around the whole UNet, memory bounded by the window; `"motion"`: windows inside the motion modules only,
+    FreeNoise-style); `noise` picks a noise prior (default: the official draw, `torch.randn` of the whole video
+    from the seed); `freeinit` re-samples from the low frequencies of the result. `latents` replaces the initial
+    noise (benchmarks feed two pipelines the same); `init_latents` + `strength` < 1 start from an encoded video
+    (video-to-video). `decode=False` skips the VAE.
     """
     # 1. Check and normalise the request.
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if isinstance(prompt, (str, Mapping)):
+        prompts = [prompt]
+    else:
+        prompts = list(prompt)
     if not prompts:
         raise InputError("prompt: at least one prompt is needed")
+    travel = travel or TravelSettings()
     default_size = pipeline.video_unet.config.sample_size * pipeline.vae_scale
     width, height = width or default_size, height or default_size
     check_size(width, height, pipeline.vae_scale)
-    pipeline.video_unet.check_frames(num_frames)
-    negatives = _as_list(negative_prompt, len(prompts), "negative_prompt")
+    if context is None:
+        pipeline.video_unet.check_frames(num_frames)
+    elif context_mode not in ("unet", "motion"):
+        raise InputError(f"context_mode={context_mode!r}: expected 'unet' or 'motion'")
+    else:
+        pipeline.video_unet.check_frames(min(context.length, num_frames))
+    negatives = (
+        [negative_prompt] * len(prompts) if isinstance(negative_prompt, Mapping)
+        else _as_list(negative_prompt, len(prompts), "negative_prompt")
+    )
     seeds = resolve_seeds(seed, len(prompts))
     settings = GenerationSettings(
-        prompt=prompts, negative_prompt=negatives, seeds=seeds, num_frames=num_frames, width=width, height=height,
-        steps=steps, guidance_scale=guidance_scale, scheduler=scheduler, motion_strength=motion_strength,
-        decode_chunk_size=decode_chunk_size,
+        prompt=[p if isinstance(p, str) else dict(p) for p in prompts],
+        negative_prompt=[n if isinstance(n, str) else dict(n) for n in negatives], seeds=seeds,
+        num_frames=num_frames, width=width, height=height, steps=steps, guidance_scale=guidance_scale,
+        scheduler=scheduler, motion_strength=motion_strength, decode_chunk_size=decode_chunk_size,
+        extras={
+            key: value for key, value in {
+                "motion_scale": motion_scale if motion_scale != 1.0 else None,
+                "context": asdict(context) if context else None, "context_mode": context_mode if context else None,
+                "travel": asdict(travel) if any(isinstance(p, Mapping) for p in prompts) else None,
+                "noise": noise, "noise_params": dict(noise_params) if noise_params else None,
+                "freeinit": asdict(freeinit) if freeinit and freeinit.iterations else None,
+                "strength": strength if init_latents is not None else None,
+            }.items() if value is not None
+        },
     )
     device, dtype = pipeline.device, pipeline.dtype
     model = pipeline.image_model
 
-    # 2. Encode the prompts (one embedding per video; the UNet repeats it per frame internally).
-    cond = encode_prompts(model.tokenizer, model.text_encoder, prompts).to(device=device, dtype=dtype)
-    uncond = encode_prompts(model.tokenizer, model.text_encoder, negatives).to(device=device, dtype=dtype)
+    # 2. Encode the prompts: one embedding per video, or per frame when prompts travel.
+    cond, uncond = encode_conditioning(model, prompts, negatives, num_frames, travel)
+    cond, uncond = cond.to(device=device, dtype=dtype), uncond.to(device=device, dtype=dtype)
 
     # 3. Initial noise, one seed per video.
     channels = pipeline.video_unet.config.in_channels
     latent_shape = (channels, num_frames, height // pipeline.vae_scale, width // pipeline.vae_scale)
     if latents is None:
-        latents = initial_noise(seeds, latent_shape, device, dtype)
+        latents = initial_noise(seeds, latent_shape, device, dtype, noise, noise_params)
     elif tuple(latents.shape) != (len(prompts), *latent_shape):
         raise InputError(f"latents: shape {tuple(latents.shape)}, expected {(len(prompts), *latent_shape)}")
     else:
         latents = latents.to(device=device, dtype=dtype)
+    start_noise = latents
 
-    # 4. Scheduler.
+    # 4. Scheduler (and, for video-to-video, the partial start).
     noise_scheduler = make_scheduler(scheduler, pipeline.scheduler_config)
     noise_scheduler.set_timesteps(steps, device=device)
-    latents = latents * noise_scheduler.init_noise_sigma
+    start_step = 0
+    if init_latents is not None and strength < 1.0:
+        start_step = start_step_for_strength(steps, strength, getattr(noise_scheduler, "order", 1))
+        if start_step >= len(noise_scheduler.timesteps):
+            latents = init_latents.to(device=device, dtype=dtype)
+        else:
+            first = noise_scheduler.timesteps[start_step : start_step + 1].repeat(len(prompts))
+            latents = noise_scheduler.add_noise(init_latents.to(device=device, dtype=dtype), start_noise, first)
+    else:
+        latents = latents * noise_scheduler.init_noise_sigma
 
-    # 5. Denoise with classifier-free guidance.
-    predict = make_guided_predict(pipeline.video_unet, cond, uncond, guidance_scale, motion_strength)
+    # 5. Denoise with classifier-free guidance (and context windows), FreeInit iterations around it.
+    frame_predict = make_frame_predict(
+        pipeline.video_unet, cond, uncond, guidance_scale,
+        motion_strength=_per_frame(motion_strength, num_frames), motion_scale=_per_frame(motion_scale, num_frames),
+        motion_windows=_motion_windows(num_frames, context) if context is not None and context_mode == "motion" else None,
+    )
+    predict = make_step_predict(frame_predict, num_frames, context, context_mode)
     generator = torch.Generator().manual_seed(seeds[0])  # only ancestral samplers draw from it
-    latents = denoise(predict, latents, noise_scheduler, generator=generator, callback=callback, progress=progress)
+    iterations = max(1, freeinit.iterations) if freeinit else 1
+    for iteration in range(iterations):
+        if iteration > 0:
+            latents = _freeinit_restart(latents, start_noise, noise_scheduler, freeinit, seeds, iteration, steps)
+        latents = denoise(
+            predict, latents, noise_scheduler, generator=generator, callback=callback, progress=progress,
+            start_step=start_step,
+        )
 
     # 6. Decode in chunks of frames.
     frames = decode_latents(model.vae, latents, chunk_size=decode_chunk_size) if decode else torch.empty(0)
     return VideoResult(frames=frames.float().cpu(), settings=settings, latents=latents if return_latents else None)
+
+
+def _freeinit_restart(
+    clean: torch.Tensor, start_noise: torch.Tensor, scheduler, settings: FreeInitSettings, seeds: Sequence[int],
+    iteration: int, steps: int,
+) -> torch.Tensor:
+    """Re-noise the result to the first timestep with the original noise, keep its low frequencies, take fresh
+    high frequencies (FreeInit, Wu et al. 2023, Alg. 1), and reset the scheduler for another pass."""
+    scheduler.set_timesteps(steps, device=clean.device)
+    first = scheduler.timesteps[:1].repeat(clean.shape[0])
+    renoised = scheduler.add_noise(clean, start_noise, first)
+    fresh = initial_noise([s + 7919 * iteration for s in seeds], tuple(clean.shape[1:]), clean.device, clean.dtype)
+    fresh = fresh * scheduler.init_noise_sigma
+    lowpass = freeinit_filter(clean.shape[2:], settings.filter, settings.d_s, settings.d_t, settings.order)
+    return freeinit_mix(renoised, fresh, lowpass.to(clean.device))
 
 
 def save(result: VideoResult, path: str | os.PathLike, fps: int = 8) -> list[Path]:

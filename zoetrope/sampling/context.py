@@ -215,6 +215,11 @@ def fusion_weights(
     raise ConfigError(f"context.fuse={kind!r}: expected one of {', '.join(FUSE_KINDS)}")
 
 
+def window_weights(windows: Sequence[Sequence[int]], num_frames: int, config: ContextConfig) -> list[torch.Tensor]:
+    """The fusion weights of each window (overlap-linear keeps weight 1 at the clip ends)."""
+    return [_window_weights(window, num_frames, config.fuse, config.overlap) for window in windows]
+
+
 def _window_weights(window: Sequence[int], num_frames: int, kind: str, overlap: int) -> torch.Tensor:
     if kind != "overlap-linear" or len(window) < 2:
         return fusion_weights(len(window), kind, overlap=overlap)

@@ -1,0 +1,373 @@
+"""Training engine on tiny real components: only the stage's parameters train, exports round-trip, the loss falls,
+resume is exact, gradient accumulation equals a bigger batch, caption dropout has its rate."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from conftest import TINY_UNET, make_tiny_image_model, make_tiny_motion_modules
+from zoetrope.errors import CheckpointError, ConfigError
+from zoetrope.formats.motion import load_motion_module, save_motion_module
+from zoetrope.formats.safe_load import load_state_dict
+from zoetrope.formats.sd_single_file import save_sd_single_file
+from zoetrope.models.video_unet import VideoUNet
+from zoetrope.training.checkpoint import latest_checkpoint, list_checkpoints, load_training_state
+from zoetrope.training.config import load_train_config
+from zoetrope.training.engine import Trainer, collate, drop_captions, lr_factor, train
+from zoetrope.training.stages import STAGES
+
+SIZE, FRAMES = 16, 4
+
+
+class TensorClips(Dataset):
+    """Fixed random clips `(f, c, h, w)` in [-1, 1] (or their first frame in image mode) with distinct captions."""
+
+    def __init__(self, count: int = 4, image: bool = False, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.clips = torch.rand(count, FRAMES, 3, SIZE, SIZE, generator=generator) * 2 - 1
+        self.image = image
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> dict:
+        pixels = self.clips[index, 0] if self.image else self.clips[index]
+        return {"pixel_values": pixels, "text": f"a red circle number {index}"}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A tiny SD1.5-shaped single file and a tiny (non-zero) official-layout motion module on disk."""
+    folder = tmp_path_factory.mktemp("models")
+    model = make_tiny_image_model()
+    save_sd_single_file(model.unet, model.vae, model.text_encoder, folder / "base.safetensors")
+    save_motion_module(make_tiny_motion_modules(), folder / "motion.safetensors")
+    return {"base": str(folder / "base.safetensors"), "motion": str(folder / "motion.safetensors")}
+
+
+def make_config(files, tmp_path, stage: str, **changes):
+    values = {
+        "stage": stage,
+        "output_dir": str(tmp_path / stage),
+        "model": {"image_model": files["base"], "motion": {"num_attention_heads": 4, "norm_num_groups": 8}},
+        "steps": 4,
+        "batch_size": 1,
+        "lr": 1e-3,
+        "log_every": 1,
+        "checkpoint_every": 0,
+        "caption_dropout": 0.0,
+        "lora": {"rank": 2},
+    }
+    if stage == "motion-lora":
+        values["model"]["motion_module"] = files["motion"]
+    if stage == "personalize":
+        values["method"] = "lora"
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
+    return load_train_config(values)
+
+
+def all_tensors(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """Every parameter of every part of the stage's model, by `part.name`, cloned."""
+    return {
+        f"{part}.{name}": parameter.detach().clone()
+        for part, module in trainer.model.modules().items()
+        for name, parameter in module.named_parameters()
+    }
+
+
+def is_image(stage: str) -> bool:
+    return STAGES[stage].data_mode == "image"
+
+
+# ---------------------------------------------------------------------------------------------------- pure parts
+def test_caption_dropout_rate_and_extremes() -> None:
+    generator = torch.Generator().manual_seed(0)
+    texts = ["a caption"] * 20000
+    dropped = drop_captions(texts, 0.1, generator)
+    rate = dropped.count("") / len(texts)
+    assert abs(rate - 0.1) < 0.01  # binomial std is 0.002
+    assert all(text in ("", "a caption") for text in dropped)
+    assert drop_captions(texts[:100], 0.0, generator) == texts[:100]
+    assert drop_captions(texts[:100], 1.0, generator) == [""] * 100
+    again = drop_captions(texts[:50], 0.5, torch.Generator().manual_seed(7))
+    assert again == drop_captions(texts[:50], 0.5, torch.Generator().manual_seed(7))
+
+
+def test_lr_schedule_by_hand() -> None:
+    assert [lr_factor(step, 10, 4, "constant") for step in (0, 1, 3, 4, 9)] == [0.25, 0.5, 1.0, 1.0, 1.0]
+    assert lr_factor(4, 10, 4, "cosine") == 1.0
+    assert math.isclose(lr_factor(7, 10, 4, "cosine"), 0.5 * (1 + math.cos(math.pi * 3 / 6)))
+    assert math.isclose(lr_factor(10, 10, 4, "cosine"), 0.0, abs_tol=1e-12)
+
+
+def test_collate_stacks_pixels_and_keeps_texts() -> None:
+    batch = collate([TensorClips()[0], TensorClips()[1]])
+    assert batch["pixel_values"].shape == (2, FRAMES, 3, SIZE, SIZE)
+    assert batch["text"] == ["a red circle number 0", "a red circle number 1"]
+
+
+# ---------------------------------------------------------------------------------------------------- what trains
+EXPECTED_TRAINED = {
+    "motion": ("motion_modules.",),
+    "motion-lora": ("lora_motion.",),
+    "domain-adapter": ("lora_unet.",),
+    "personalize": ("lora_unet.",),
+    "image": ("unet.",),
+}
+
+
+@pytest.mark.parametrize("stage", list(EXPECTED_TRAINED))
+def test_only_the_stage_parameters_require_grad_and_change(files, tmp_path, stage) -> None:
+    trainer = Trainer(make_config(files, tmp_path, stage), dataset=TensorClips(image=is_image(stage)))
+    before = all_tensors(trainer)
+    requiring = {
+        f"{part}.{name}"
+        for part, module in trainer.model.modules().items()
+        for name, parameter in module.named_parameters()
+        if parameter.requires_grad
+    }
+    assert requiring and all(name.startswith(EXPECTED_TRAINED[stage]) for name in requiring)
+    assert sum(p.numel() for p in trainer.trainable.values()) == sum(before[name].numel() for name in requiring)
+    for _ in range(2):
+        trainer.accumulate([collate([trainer.dataset[0]])])
+        trainer.optimizer_step()
+    after = all_tensors(trainer)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and changed <= requiring
+    if stage == "domain-adapter":
+        targets = trainer.model.networks["unet"].target_names()
+        assert all(".attn1." in name or ".attn2." in name for name in targets)
+        assert {name.rsplit(".", 1)[-1] for name in targets} == {"to_q", "to_k", "to_v", "0"}
+
+
+def test_missing_motion_module_for_motion_lora_is_a_config_error(files, tmp_path) -> None:
+    config = make_config(files, tmp_path, "motion")
+    config.stage = "motion-lora"
+    with pytest.raises(ConfigError, match="model.motion_module"):
+        Trainer(config, dataset=TensorClips())
+
+
+def test_batch_smaller_than_data_share_is_a_config_error(files, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="batch_size=8"):
+        Trainer(make_config(files, tmp_path, "motion", batch_size=8), dataset=TensorClips(count=4))
+
+
+# ---------------------------------------------------------------------------------------------------- exports
+def _video_forward(unet: VideoUNet) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(3)
+    sample = torch.randn(1, 4, FRAMES, 2, 2, generator=generator)
+    text = torch.randn(1, 77, 32, generator=generator)
+    with torch.no_grad():
+        return unet(sample, torch.tensor([500]), text)
+
+
+def test_motion_export_round_trips_through_load_motion_module(files, tmp_path) -> None:
+    config = make_config(files, tmp_path, "motion", steps=2)
+    trainer = Trainer(config, dataset=TensorClips())
+    exported = trainer.fit()
+    assert exported.name == "motion_module.safetensors"
+    trained = trainer.model.video_unet
+    trained.eval()
+    expected = _video_forward(trained)
+    loaded = load_motion_module(exported)
+    assert loaded.config.block_out_channels == (32, 64)
+    assert not torch.equal(loaded.up_blocks[0].motion_modules[0].proj_out.weight, torch.zeros(64, 64))
+    rebuilt = VideoUNet(trainer.model.image_model.unet, loaded)
+    trained.detach()
+    assert torch.equal(_video_forward(rebuilt.eval()), expected)
+    # the checkpoint folder holds the same export and a weights_only-loadable state
+    folder = latest_checkpoint(config.output_dir)
+    assert (folder / "motion_module.safetensors").is_file()
+    assert load_training_state(folder / "training_state.pt")["step"] == 2
+    assert (config.output_path / "metrics.csv").read_text().count("\n") == 3  # header + 2 steps
+
+
+def test_lora_exports_round_trip(files, tmp_path) -> None:
+    from zoetrope.formats.lora_files import load_domain_adapter, load_motion_lora
+
+    # MotionLoRA: loading the export onto a fresh copy of the base motion module reproduces the trained output.
+    trainer = Trainer(make_config(files, tmp_path, "motion-lora", steps=2, lr=1e-2), dataset=TensorClips())
+    exported = trainer.fit()
+    trained_unet = trainer.model.video_unet.eval()
+    expected = _video_forward(trained_unet)
+    trainer.model.networks["motion"].detach()
+    assert not torch.allclose(_video_forward(trained_unet), expected, atol=1e-6)  # the LoRA did something
+    base = load_motion_module(files["motion"])
+    load_motion_lora(exported, base).attach(base)
+    trained_unet.detach()
+    assert torch.allclose(_video_forward(VideoUNet(trainer.model.image_model.unet, base).eval()), expected, atol=1e-6)
+
+    # Domain adapter: same through load_domain_adapter on the image UNet.
+    trainer = Trainer(make_config(files, tmp_path, "domain-adapter", steps=2, lr=1e-2), dataset=TensorClips(image=True))
+    exported = trainer.fit()
+    unet = trainer.model.image_model.unet.eval()
+    sample, text = torch.randn(2, 4, 2, 2), torch.randn(2, 77, 32)
+    with torch.no_grad():
+        expected = unet(sample, 10, encoder_hidden_states=text).sample
+        trainer.model.networks["unet"].detach()
+        plain = unet(sample, 10, encoder_hidden_states=text).sample
+        load_domain_adapter(exported, unet).attach(unet)
+        assert not torch.allclose(plain, expected, atol=1e-6)
+        assert torch.allclose(unet(sample, 10, encoder_hidden_states=text).sample, expected, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------- learning
+@pytest.mark.parametrize("stage", ["motion", "motion-lora"])
+def test_loss_falls_when_overfitting_one_batch(files, tmp_path, stage) -> None:
+    steps, lr = (12, 3e-3) if stage == "motion" else (15, 5e-2)
+    trainer = Trainer(make_config(files, tmp_path, stage, steps=steps, lr=lr), dataset=TensorClips(count=1))
+    batch = collate([trainer.dataset[0]])
+    start = trainer.generator.get_state()
+    losses = []
+    for _ in range(steps):
+        trainer.generator.set_state(start)  # same latents, timestep and noise every step: a fixed regression target
+        losses.append(trainer.accumulate([batch]))
+        trainer.optimizer_step()
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert sum(b < a for a, b in zip(losses, losses[1:])) >= 0.8 * (steps - 1)  # falls (almost) every step
+
+
+def test_gradient_accumulation_equals_one_bigger_batch(files, tmp_path) -> None:
+    data = TensorClips(count=2)
+    big = Trainer(make_config(files, tmp_path / "a", "motion", batch_size=2, grad_accumulation=1), dataset=data)
+    small = Trainer(make_config(files, tmp_path / "b", "motion", batch_size=1, grad_accumulation=2), dataset=data)
+    for trainer in (big, small):  # non-zero output projections, so every motion parameter gets a gradient
+        with torch.no_grad():
+            for name, parameter in trainer.trainable.items():
+                parameter.copy_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(len(name))) * 0.05)
+    loss_big = big.accumulate([collate([data[0], data[1]])])
+    loss_small = small.accumulate([collate([data[0]]), collate([data[1]])])
+    assert math.isclose(loss_big, loss_small, rel_tol=1e-5)
+    for name, parameter in big.trainable.items():
+        other = small.trainable[name].grad
+        assert parameter.grad is not None and other is not None
+        assert torch.allclose(parameter.grad, other, atol=1e-6, rtol=1e-5), name
+    assert any(parameter.grad.abs().max() > 0 for parameter in big.trainable.values())
+
+
+def test_resume_is_exact(files, tmp_path) -> None:
+    changes = dict(steps=6, lr_schedule="cosine", warmup_steps=2, caption_dropout=0.5, checkpoint_every=2,
+                   keep_checkpoints=2)
+    straight = Trainer(
+        make_config(files, tmp_path / "straight", "motion", validate_every=3, validation_prompts=["a red circle"],
+                    validation_frames=FRAMES, validation_steps=2, validation_size=SIZE, **changes),
+        dataset=TensorClips(count=4),
+    )
+    straight.fit()
+    assert (tmp_path / "straight" / "motion" / "samples" / "step-0000006.gif").is_file()
+
+    config = make_config(files, tmp_path / "split", "motion", **changes)
+    first = Trainer(config, dataset=TensorClips(count=4))
+    assert first.fit(until=3) is None  # stopped early: a checkpoint, no final export
+    assert [step for step, _ in list_checkpoints(config.output_dir)] == [2, 3]
+    (config.output_path / "checkpoints" / "step-0000009.tmp").mkdir()  # an interrupted write is never resumed from
+    resumed = Trainer(config, resume=True, dataset=TensorClips(count=4))
+    assert (resumed.step, resumed.epoch, resumed.position) == (3, 0, 3)
+    resumed.fit()
+    for name, parameter in straight.trainable.items():
+        assert torch.equal(parameter, resumed.trainable[name]), name
+    exported = load_state_dict(config.output_path / "motion_module.safetensors")
+    reference = load_state_dict(tmp_path / "straight" / "motion" / "motion_module.safetensors")
+    assert all(torch.equal(exported[key], reference[key]) for key in reference)
+    assert [step for step, _ in list_checkpoints(config.output_dir)] == [4, 6]
+    rows = (config.output_path / "metrics.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == ["1", "2", "3", "4", "5", "6"]
+
+
+def test_resume_with_another_config_is_refused(files, tmp_path) -> None:
+    config = make_config(files, tmp_path, "motion-lora", steps=1)
+    train(config, dataset=TensorClips())
+    config.lora.rank = 3
+    with pytest.raises(CheckpointError, match="do not match"):
+        Trainer(config, resume=True, dataset=TensorClips())
+
+
+def test_from_scratch_vae_then_image_model_round_trip(tmp_path) -> None:
+    from zoetrope.pipelines.components import load_image_model
+    from zoetrope.training.checkpoint import load_vae_file
+
+    vae_arguments = dict(
+        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[8, 8, 16, 16], layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=SIZE,
+    )
+    common = dict(steps=2, batch_size=2, lr=1e-3, log_every=1, checkpoint_every=0)
+    vae_trainer = Trainer(
+        load_train_config({"stage": "vae", "output_dir": str(tmp_path / "vae"),
+                           "model": {"architecture": {"vae": vae_arguments}}, **common}),
+        dataset=TensorClips(image=True),
+    )
+    before = {name: p.detach().clone() for name, p in vae_trainer.model.image_model.vae.named_parameters()}
+    vae_path = vae_trainer.fit()
+    loaded_vae = load_vae_file(vae_path)
+    trained_vae = vae_trainer.model.image_model.vae.state_dict()
+    assert all(torch.equal(value, trained_vae[key]) for key, value in loaded_vae.state_dict().items())
+    assert any(not torch.equal(before[name], trained_vae[name]) for name in before)
+
+    text_encoder = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
+                        pad_token_id=49407)
+    config = load_train_config({
+        "stage": "image", "output_dir": str(tmp_path / "image"), "caption_dropout": 0.0,
+        "model": {"vae": str(vae_path), "architecture": {"unet": dict(TINY_UNET), "text_encoder": text_encoder}},
+        **common,
+    })
+    trainer = Trainer(config, dataset=TensorClips(image=True))
+    assert any(name.startswith("text_encoder.") for name in trainer.trainable)  # trained jointly from scratch
+    assert not any(name.startswith("vae.") for name in trainer.trainable)
+    exported = trainer.fit()
+    model = load_image_model(exported)
+    for part in ("unet", "vae", "text_encoder"):
+        reference = getattr(trainer.model.image_model, part).state_dict()
+        assert all(torch.equal(value, reference[key]) for key, value in getattr(model, part).state_dict().items()), part
+
+
+def test_gradient_checkpointing_and_bf16_autocast(files, tmp_path) -> None:
+    data = TensorClips(count=1)
+    batch = collate([data[0]])
+    gradients = []
+    for index, changes in enumerate(({}, {"gradient_checkpointing": True}, {"mixed_precision": "bf16"})):
+        trainer = Trainer(make_config(files, tmp_path / str(index), "motion", **changes), dataset=data)
+        assert trainer.model.video_unet.gradient_checkpointing == bool(changes.get("gradient_checkpointing"))
+        with torch.no_grad():
+            for name, parameter in trainer.trainable.items():
+                parameter.copy_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(len(name))) * 0.05)
+        loss = trainer.accumulate([batch])
+        assert math.isfinite(loss)
+        gradients.append({name: p.grad.clone() for name, p in trainer.trainable.items()})
+        assert all(p.dtype == torch.float32 for p in trainer.trainable.values())  # weights stay fp32 (as official)
+    plain, checkpointed, bf16 = gradients
+    for name in plain:
+        assert torch.allclose(plain[name], checkpointed[name], atol=1e-6, rtol=1e-5), name
+    cosine = torch.nn.functional.cosine_similarity(
+        torch.cat([g.flatten() for g in plain.values()]), torch.cat([g.flatten() for g in bf16.values()]), dim=0
+    )
+    assert cosine > 0.9  # bf16 autocast computes the same gradient, roughly
+
+
+def test_personalize_lora_exports_as_kohya(files, tmp_path) -> None:
+    from zoetrope.formats.kohya import load_image_lora
+    from zoetrope.pipelines.components import load_image_model
+
+    config = make_config(files, tmp_path, "personalize", steps=2, lr=1e-2, lora={"rank": 2, "text_encoder": True})
+    trainer = Trainer(config, dataset=TensorClips(image=True))
+    assert set(trainer.model.networks) == {"unet", "text_encoder"}
+    exported = trainer.fit()
+    ids = torch.tensor([[49406, 320, 1125, 49407]])
+    sample, text = torch.randn(1, 4, 2, 2), torch.randn(1, 77, 32)
+    image = trainer.model.image_model
+    with torch.no_grad():
+        expected = image.unet.eval()(sample, 10, encoder_hidden_states=text).sample, image.text_encoder(ids)[0]
+        fresh = load_image_model(files["base"])
+        load_image_lora(exported, fresh.unet, fresh.text_encoder).attach(fresh.unet, fresh.text_encoder)
+        actual = fresh.unet(sample, 10, encoder_hidden_states=text).sample, fresh.text_encoder(ids)[0]
+        plain = load_image_model(files["base"]).text_encoder(ids)[0]
+    assert not torch.allclose(plain, expected[1], atol=1e-6)
+    assert all(torch.allclose(a, e, atol=1e-5) for a, e in zip(actual, expected))

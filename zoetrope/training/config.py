@@ -1,0 +1,147 @@
+"""The training config: one dataclass for every stage; a YAML file maps onto it strictly (`zoetrope.config`).
+
+Defaults follow the official AnimateDiff motion-module recipe (`configs/training/v1/training.yaml`; see
+`/work/shared/reference/animatediff-official.md` §6): AdamW(0.9, 0.999, wd 1e-2, eps 1e-8), lr 1e-4, batch 4 per
+GPU, grad clip 1.0, constant LR without warmup, caption dropout 0.1. Unlike the official trainer,
+`grad_accumulation` is real (the official one accepts the flag and ignores it).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Optional, Sequence
+
+from zoetrope.config import load_config
+from zoetrope.errors import ConfigError
+
+StageName = Literal["vae", "image", "personalize", "domain-adapter", "motion", "motion-lora"]
+MixedPrecision = Literal["no", "fp16", "bf16"]
+
+
+@dataclass
+class ArchitectureConfig:
+    """Constructor arguments of freshly initialised parts (training the base image model from scratch).
+
+    `unet` and `vae` are diffusers `UNet2DConditionModel` / `AutoencoderKL` keyword arguments, `text_encoder` is a
+    transformers `CLIPTextConfig`. A part left empty is not built here (it comes from `model.image_model` or
+    `model.vae`).
+    """
+
+    unet: dict[str, Any] = field(default_factory=dict)
+    vae: dict[str, Any] = field(default_factory=dict)
+    text_encoder: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    """Where the parts of the model come from.
+
+    image_model: SD1.5 single file (.safetensors/.ckpt) or diffusers folder; the frozen base of the video stages.
+    vae: a VAE file written by the `vae` stage; replaces the image model's VAE (or the architecture's).
+    architecture: build parts from scratch (the tiny shapes-world base model).
+    motion_module: motion module to continue training (`motion`) or to put MotionLoRA on (`motion-lora`).
+    motion_preset / motion: a fresh motion module's config, `PRESETS[motion_preset]` with the `motion` fields
+        replaced; `block_out_channels` and `layers_per_block` default to the image UNet's.
+    domain_adapter / domain_adapter_scale: a frozen domain adapter attached while training motion (AnimateDiff v3).
+    """
+
+    image_model: Optional[str] = None
+    vae: Optional[str] = None
+    architecture: Optional[ArchitectureConfig] = None
+    motion_module: Optional[str] = None
+    motion_preset: str = "v3"
+    motion: dict[str, Any] = field(default_factory=dict)
+    domain_adapter: Optional[str] = None
+    domain_adapter_scale: float = 1.0
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA shape for the LoRA stages. `alpha=None` keeps the official AnimateDiff convention (multiplier 1).
+
+    `target` replaces the stage's default module-name regex. `text_encoder` also trains a LoRA on the text
+    encoder (`personalize` only).
+    """
+
+    rank: int = 4
+    alpha: Optional[float] = None
+    target: Optional[str] = None
+    text_encoder: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; `zoetrope train CONFIG.yaml` reads it from YAML.
+
+    `data` is a mapping with `kind: video` (WebVid-style `videos.csv` + `videos/*.mp4`, e.g. `zoetrope world make`
+    output) or `kind: images` (`metadata.jsonl` + pictures); its other keys go strictly to the dataset's config
+    (`zoetrope.training.data`). `batch_size` is per process and per micro-batch: one optimizer step sees
+    `batch_size * grad_accumulation * world_size` samples.
+    """
+
+    stage: StageName
+    output_dir: str
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: dict[str, Any] = field(default_factory=dict)
+    method: Literal["full", "lora"] = "full"
+    train_text_encoder: Optional[bool] = None
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+
+    steps: int = 100
+    batch_size: int = 4
+    grad_accumulation: int = 1
+    lr: float = 1e-4
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    weight_decay: float = 1e-2
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    mixed_precision: MixedPrecision = "no"
+    gradient_checkpointing: bool = False
+    caption_dropout: float = 0.1
+    kl_weight: float = 1e-6
+    seed: int = 42
+    num_workers: int = 0
+    vae_chunk_size: int = 16
+    device: Optional[str] = None
+
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    validate_every: int = 0
+    validation_prompts: list[str] = field(default_factory=list)
+    validation_frames: int = 16
+    validation_steps: int = 25
+    validation_guidance: float = 8.0
+    validation_seed: int = 42
+    validation_size: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "batch_size", "grad_accumulation", "log_every", "vae_chunk_size", "validation_frames", "validation_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)}; expected an integer >= 1")
+        for name in ("warmup_steps", "checkpoint_every", "validate_every", "num_workers", "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)}; expected an integer >= 0 (0 switches it off)")
+        if not 0.0 <= self.caption_dropout <= 1.0:
+            raise ConfigError(f"caption_dropout={self.caption_dropout}; expected a probability in [0, 1]")
+        if self.lr <= 0 or self.grad_clip < 0:
+            raise ConfigError(f"lr={self.lr}, grad_clip={self.grad_clip}; expected lr > 0 and grad_clip >= 0 (0 = off)")
+        if self.lora.rank < 1:
+            raise ConfigError(f"lora.rank={self.lora.rank}; expected an integer >= 1")
+
+    @property
+    def output_path(self) -> Path:
+        return Path(self.output_dir)
+
+
+def load_train_config(
+    source: str | os.PathLike | Mapping[str, Any], overrides: Sequence[str] = ()
+) -> TrainConfig:
+    """Read a training config (YAML/JSON file or mapping) strictly, with `key=value` overrides."""
+    return load_config(source, TrainConfig, overrides)

@@ -1,0 +1,401 @@
+"""Declarative training stages (DESIGN principle 5): what trains, on which data, under which noise schedule, and
+how the result is written for users. The loop, checkpoints, resume, logging, DDP and validation live once in
+`zoetrope.training.engine`.
+
+The AnimateDiff recipe (Guo et al. 2024, "AnimateDiff", §4) trains in three stages on top of a frozen
+text-to-image model, each stage adding one small part:
+
+| stage            | trains                                         | data   | betas         | export                         |
+|------------------|------------------------------------------------|--------|---------------|--------------------------------|
+| `vae`            | the VAE (reconstruction + KL, from scratch)    | image  | -             | VAE safetensors (+config)      |
+| `image`          | the image UNet (+ text encoder from scratch)   | image  | scaled_linear | single-file SD (LDM layout)    |
+| `personalize`    | the image UNet, fully or as LoRA (DreamBooth)  | image  | scaled_linear | single-file SD / kohya LoRA    |
+| `domain-adapter` | LoRA on spatial attn1/attn2 q/k/v/out          | frames | scaled_linear | official adapter naming        |
+| `motion`         | the motion modules (image UNet frozen)         | clip   | linear        | official motion-module layout  |
+| `motion-lora`    | LoRA on the motion modules' attention q/k/v/out | clip  | linear        | official MotionLoRA naming     |
+
+Motion stages use linear betas 0.00085 -> 0.012 instead of SD's scaled_linear: the AnimateDiff authors changed the
+schedule on purpose for motion training (official `configs/training/v1/training.yaml`), image stages keep SD's.
+Every diffusion stage minimises the epsilon-prediction MSE of Ho et al. 2020 (DDPM, eq. 14, "L_simple").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
+
+import torch
+from torch import nn
+
+from zoetrope import __version__
+from zoetrope.adapters.lora import LoRANetwork, inject_lora
+from zoetrope.config import dump_config, load_config
+from zoetrope.errors import ConfigError
+from zoetrope.models.motion_module import PRESETS, MotionModuleConfig, MotionModules
+from zoetrope.models.video_unet import VideoUNet
+from zoetrope.pipelines.components import ImageModel
+from zoetrope.training.config import ArchitectureConfig, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+DataMode = Literal["image", "clip"]
+Objective = Literal["epsilon", "reconstruction"]
+
+#: The image UNet's spatial self- and cross-attention projections (the v3 domain adapter's targets).
+SPATIAL_ATTENTION = r"attentions\.\d+\.transformer_blocks\.\d+\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$"
+#: Transformer linears of the image UNet (a kohya-style image LoRA: attention and feed-forward).
+IMAGE_LORA = r"attentions\.\d+\.transformer_blocks\.\d+\.(attn[12]\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.(0\.proj|2))$"
+#: The CLIP text encoder's attention and MLP linears.
+TEXT_ENCODER_LORA = r"layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))$"
+#: The motion modules' temporal attention projections (MotionLoRA's targets).
+MOTION_ATTENTION = r"attentions\.\d+\.(to_q|to_k|to_v|to_out)$"
+
+
+# ---------------------------------------------------------------------------------------------------- the model
+@dataclass
+class StageModel:
+    """The assembled model of one stage: frozen image model, optional video UNet, and the trained add-ons.
+
+    `networks` holds the LoRA networks this stage trains, by role (`unet`, `text_encoder`, `motion`); `frozen`
+    holds attached networks that stay fixed (the domain adapter while training motion).
+    """
+
+    image_model: ImageModel
+    video_unet: VideoUNet | None = None
+    networks: dict[str, LoRANetwork] = field(default_factory=dict)
+    frozen: dict[str, LoRANetwork] = field(default_factory=dict)
+    train_text_encoder: bool = False
+
+    @property
+    def motion_modules(self) -> MotionModules | None:
+        return None if self.video_unet is None else self.video_unet.motion_modules
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Every module whose parameters exist in this model, by role (for freezing and for the invariant test)."""
+        parts: dict[str, nn.Module] = {}
+        for name in ("text_encoder", "vae", "unet"):
+            module = getattr(self.image_model, name)
+            if module is not None:
+                parts[name] = module
+        if self.motion_modules is not None:
+            parts["motion_modules"] = self.motion_modules
+        for role, network in {**self.networks, **self.frozen}.items():
+            parts[f"lora_{role}"] = network
+        return parts
+
+    def freeze(self) -> None:
+        for module in self.modules().values():
+            module.requires_grad_(False)
+
+
+class Denoiser(nn.Module):
+    """What the engine runs (and DDP wraps): text encoding + noise prediction, with every trained part a submodule.
+
+    LoRA networks modify their models through hooks and are not submodules of them; registering them here lets DDP
+    see (and all-reduce) their parameters. `forward(noisy, timesteps, input_ids)` takes latents `(b, c, f, h, w)`
+    for the video UNet or `(b, c, h, w)` for the image UNet.
+    """
+
+    def __init__(self, unet: nn.Module, text_encoder: nn.Module, networks: Mapping[str, LoRANetwork]) -> None:
+        super().__init__()
+        self.unet = unet
+        self.text_encoder = text_encoder
+        self.networks = nn.ModuleDict(dict(networks))
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        text = self.text_encoder(input_ids)[0]
+        if noisy.ndim == 5:
+            return self.unet(noisy, timesteps, text)
+        return self.unet(noisy, timesteps, encoder_hidden_states=text, return_dict=False)[0]
+
+
+class Autoencoder(nn.Module):
+    """The VAE as trained by the `vae` stage: encode, reparameterised sample, decode.
+
+    `forward(pixels, eps)` returns `(reconstruction, kl)` with `kl` per sample; `eps` is the standard normal draw of
+    the reparameterisation trick (Kingma & Welling 2014, eq. 10), passed in so randomness stays with the caller.
+    """
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, pixels: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        posterior = self.vae.encode(pixels).latent_dist
+        latents = posterior.mean + posterior.std * eps.to(posterior.mean)
+        reconstruction = self.vae.decode(latents).sample
+        return reconstruction, posterior.kl()
+
+
+# ---------------------------------------------------------------------------------------------------- the stage
+@dataclass(frozen=True)
+class Stage:
+    """One training stage, declared as data.
+
+    trains: freezes the assembled model and switches on (or injects, for LoRA) what this stage trains; the trained
+        parameters are then exactly those with `requires_grad`.
+    export: writes only what was trained, in the format users load, and returns the path.
+    """
+
+    name: str
+    description: str
+    data_mode: DataMode
+    objective: Objective
+    beta_schedule: Literal["linear", "scaled_linear"] | None
+    needs_video_unet: bool
+    trains: Callable[[StageModel, TrainConfig, torch.Generator], None]
+    export: Callable[[StageModel, Path, Mapping[str, object]], Path]
+    export_name: Callable[[TrainConfig], str]
+
+    def noise_schedule(self) -> dict[str, Any]:
+        """The DDPM noise schedule (diffusers scheduler config) this stage trains and validates with."""
+        from zoetrope.pipelines.components import default_scheduler_config
+
+        schedule = default_scheduler_config()
+        schedule["beta_schedule"] = self.beta_schedule or "linear"
+        return schedule
+
+
+def _lora(config: TrainConfig, model: nn.Module, default_target: str, generator: torch.Generator, alpha: float | None) -> LoRANetwork:
+    return inject_lora(model, config.lora.target or default_target, config.lora.rank, alpha, generator=generator)
+
+
+def _train_vae(model: StageModel, config: TrainConfig, generator: torch.Generator) -> None:
+    model.freeze()
+    model.image_model.vae.requires_grad_(True)
+
+
+def _train_image(model: StageModel, config: TrainConfig, generator: torch.Generator) -> None:
+    """Official `image_finetune`: every UNet parameter trains (`trainable_modules: ["."]`)."""
+    model.freeze()
+    model.image_model.unet.requires_grad_(True)
+    if model.train_text_encoder:
+        model.image_model.text_encoder.requires_grad_(True)
+
+
+def _train_personalize(model: StageModel, config: TrainConfig, generator: torch.Generator) -> None:
+    """DreamBooth (Ruiz et al. 2023) as a full fine-tune, or a LoRA (Hu et al. 2021) on the UNet's transformers."""
+    if config.method == "full":
+        _train_image(model, config, generator)
+        return
+    model.freeze()
+    alpha = config.lora.alpha
+    model.networks["unet"] = _lora(config, model.image_model.unet, IMAGE_LORA, generator, alpha)
+    if config.lora.text_encoder:
+        model.networks["text_encoder"] = inject_lora(
+            model.image_model.text_encoder, TEXT_ENCODER_LORA, config.lora.rank, alpha, generator=generator
+        )
+
+
+def _train_domain_adapter(model: StageModel, config: TrainConfig, generator: torch.Generator) -> None:
+    """AnimateDiff v3's domain adapter: LoRA on the spatial attention, fitted to video frames (Guo et al. §4.1)."""
+    model.freeze()
+    model.networks["unet"] = _lora(config, model.image_model.unet, SPATIAL_ATTENTION, generator, config.lora.alpha)
+
+
+def _train_motion(model: StageModel, config: TrainConfig, generator: torch.Generator) -> None:
+    """Official `trainable_modules: ["motion_modules."]`: the motion modules train, the image UNet stays frozen."""
+    model.freeze()
+    model.motion_modules.requires_grad_(True)
+
+
+def _train_motion_lora(model: StageModel, config: TrainConfig, generator: torch.Generator) -> None:
+    """MotionLoRA (Guo et al. §4.3): LoRA on the motion modules' temporal attention, from a few clips."""
+    model.freeze()
+    model.networks["motion"] = _lora(config, model.motion_modules, MOTION_ATTENTION, generator, config.lora.alpha)
+
+
+def _metadata(model: StageModel, metadata: Mapping[str, object]) -> dict[str, object]:
+    return {"zoetrope.version": __version__, **metadata}
+
+
+def _export_vae(model: StageModel, path: Path, metadata: Mapping[str, object]) -> Path:
+    from zoetrope.training.checkpoint import save_vae_file
+
+    return save_vae_file(model.image_model.vae, path, _metadata(model, metadata))
+
+
+def _export_sd(model: StageModel, path: Path, metadata: Mapping[str, object]) -> Path:
+    from zoetrope.formats.sd_single_file import save_sd_single_file
+
+    image = model.image_model
+    return save_sd_single_file(image.unet, image.vae, image.text_encoder, path, _metadata(model, metadata))
+
+
+def _export_personalize(model: StageModel, path: Path, metadata: Mapping[str, object]) -> Path:
+    if "unet" not in model.networks:
+        return _export_sd(model, path, metadata)
+    from zoetrope.formats.kohya import save_kohya_lora
+
+    return save_kohya_lora(
+        path, unet=model.networks["unet"], text_encoder=model.networks.get("text_encoder"), metadata=_metadata(model, metadata)
+    )
+
+
+def _export_domain_adapter(model: StageModel, path: Path, metadata: Mapping[str, object]) -> Path:
+    from zoetrope.formats.lora_files import save_domain_adapter
+
+    return save_domain_adapter(model.networks["unet"], path, _metadata(model, metadata))
+
+
+def _export_motion(model: StageModel, path: Path, metadata: Mapping[str, object]) -> Path:
+    from zoetrope.formats.motion import save_motion_module
+
+    return save_motion_module(model.motion_modules, path, layout="official", metadata=_metadata(model, metadata))
+
+
+def _export_motion_lora(model: StageModel, path: Path, metadata: Mapping[str, object]) -> Path:
+    from zoetrope.formats.lora_files import save_motion_lora
+
+    return save_motion_lora(model.networks["motion"], path, _metadata(model, metadata))
+
+
+def _fixed(name: str) -> Callable[[TrainConfig], str]:
+    return lambda _config: name
+
+
+STAGES: dict[str, Stage] = {
+    stage.name: stage
+    for stage in (
+        Stage("vae", "the VAE, reconstruction + KL", "image", "reconstruction", None, False,
+              _train_vae, _export_vae, _fixed("vae.safetensors")),
+        Stage("image", "the text-to-image UNet (and text encoder when built from scratch)", "image", "epsilon",
+              "scaled_linear", False, _train_image, _export_sd, _fixed("model.safetensors")),
+        Stage("personalize", "DreamBooth-style full fine-tune or LoRA of the image model", "image", "epsilon",
+              "scaled_linear", False, _train_personalize, _export_personalize,
+              lambda config: "lora.safetensors" if config.method == "lora" else "model.safetensors"),
+        Stage("domain-adapter", "LoRA on the image UNet's spatial attention, on video frames", "image", "epsilon",
+              "scaled_linear", False, _train_domain_adapter, _export_domain_adapter, _fixed("domain_adapter.safetensors")),
+        Stage("motion", "the motion modules on clips, image UNet frozen", "clip", "epsilon", "linear", True,
+              _train_motion, _export_motion, _fixed("motion_module.safetensors")),
+        Stage("motion-lora", "MotionLoRA on the motion modules' attention", "clip", "epsilon", "linear", True,
+              _train_motion_lora, _export_motion_lora, _fixed("motion_lora.safetensors")),
+    )
+}
+
+
+def get_stage(name: str) -> Stage:
+    if name not in STAGES:
+        raise ConfigError(f"stage {name!r} is unknown; expected one of {', '.join(STAGES)}")
+    return STAGES[name]
+
+
+# ---------------------------------------------------------------------------------------------------- assembling
+def _scratch_parts(architecture: ArchitectureConfig) -> dict[str, nn.Module]:
+    """Freshly initialised parts from constructor arguments (global RNG: the caller seeds it in a fork)."""
+    parts: dict[str, nn.Module] = {}
+    try:
+        if architecture.unet:
+            from diffusers import UNet2DConditionModel
+
+            parts["unet"] = UNet2DConditionModel(**architecture.unet)
+        if architecture.vae:
+            from diffusers import AutoencoderKL
+
+            parts["vae"] = AutoencoderKL(**architecture.vae)
+        if architecture.text_encoder:
+            from transformers import CLIPTextConfig, CLIPTextModel
+
+            parts["text_encoder"] = CLIPTextModel(CLIPTextConfig(**architecture.text_encoder))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"model.architecture: cannot build a part from the given arguments ({error})") from error
+    return parts
+
+
+def build_image_model(config: TrainConfig, stage: Stage) -> ImageModel:
+    """The image model: loaded from `model.image_model`, parts replaced or built by `model.architecture`/`model.vae`."""
+    from zoetrope.pipelines.components import bundled_tokenizer, load_image_model
+    from zoetrope.training.checkpoint import load_vae_file
+
+    settings = config.model
+    if settings.image_model:
+        image = load_image_model(settings.image_model)
+    else:
+        image = ImageModel(tokenizer=bundled_tokenizer(), text_encoder=None, vae=None, unet=None)
+    for name, part in _scratch_parts(settings.architecture or ArchitectureConfig()).items():
+        setattr(image, name, part)
+    if settings.vae:
+        image.vae = load_vae_file(settings.vae)
+    needed = ("vae",) if stage.objective == "reconstruction" else ("vae", "unet", "text_encoder")
+    missing = [name for name in needed if getattr(image, name) is None]
+    if missing:
+        raise ConfigError(
+            f"stage {stage.name!r} needs {', '.join(missing)} but none was given: set model.image_model (an SD1.5 "
+            "checkpoint), model.vae, or model.architecture." + "/".join(missing) + " to build it from scratch"
+        )
+    return image
+
+
+def motion_config_for(unet: nn.Module, preset: str, overrides: Mapping[str, Any]) -> MotionModuleConfig:
+    """`PRESETS[preset]` fitted to `unet`'s block widths and depth, then `overrides` applied (checked strictly)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"model.motion_preset={preset!r}; expected one of {', '.join(PRESETS)}")
+    layers = unet.config.layers_per_block
+    values = PRESETS[preset].to_dict()
+    values["block_out_channels"] = list(unet.config.block_out_channels)
+    values["layers_per_block"] = layers if isinstance(layers, int) else int(layers[0])
+    values.update(overrides)
+    return load_config(values, MotionModuleConfig, name="model.motion")
+
+
+def assemble(config: TrainConfig, stage: Stage, generator: torch.Generator) -> StageModel:
+    """Build the stage's model and set what trains. Deterministic given the global RNG state (seeded by the caller)."""
+    from zoetrope.formats.lora_files import load_domain_adapter
+    from zoetrope.formats.motion import load_motion_module
+
+    image = build_image_model(config, stage)
+    scratch = config.model.architecture or ArchitectureConfig()
+    train_text_encoder = config.train_text_encoder
+    if train_text_encoder is None:
+        train_text_encoder = bool(scratch.text_encoder) and stage.name == "image"
+    model = StageModel(image_model=image, train_text_encoder=train_text_encoder)
+    if stage.needs_video_unet:
+        if config.model.motion_module:
+            modules = load_motion_module(config.model.motion_module)
+        elif stage.name == "motion-lora":
+            raise ConfigError("stage 'motion-lora' needs model.motion_module: the motion module the MotionLoRA adapts")
+        else:
+            modules = MotionModules(motion_config_for(image.unet, config.model.motion_preset, config.model.motion))
+        model.video_unet = VideoUNet(image.unet, modules)
+        if config.model.domain_adapter:
+            adapter = load_domain_adapter(config.model.domain_adapter, image.unet, config.model.domain_adapter_scale)
+            model.frozen["domain_adapter"] = adapter.attach(image.unet)
+    elif config.model.domain_adapter or config.model.motion_module:
+        logger.info("stage %s trains no video UNet; model.domain_adapter / model.motion_module are ignored", stage.name)
+    stage.trains(model, config, generator)
+    return model
+
+
+def build_module(model: StageModel, stage: Stage) -> nn.Module:
+    """The module the engine calls (and DDP wraps): a `Denoiser`, or the `Autoencoder` for the `vae` stage."""
+    if stage.objective == "reconstruction":
+        return Autoencoder(model.image_model.vae)
+    unet = model.video_unet if model.video_unet is not None else model.image_model.unet
+    return Denoiser(unet, model.image_model.text_encoder, model.networks)
+
+
+def trained_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters that train: exactly those with `requires_grad`, by name in `module`."""
+    return {name: parameter for name, parameter in module.named_parameters() if parameter.requires_grad}
+
+
+def export_metadata(config: TrainConfig, stage: Stage, step: int) -> dict[str, object]:
+    """What goes into every exported file: stage, step and the training config (for reproduction)."""
+    return {
+        "zoetrope.training.stage": stage.name,
+        "zoetrope.training.step": str(step),
+        "zoetrope.training.config": json.dumps(dump_config(config)),
+    }
+
+
+def describe(stage: Stage) -> str:
+    return f"{stage.name}: {stage.description} ({stage.data_mode} data, {stage.beta_schedule or 'no'} noise schedule)"
+
+
+__all__ = [
+    "STAGES", "Stage", "StageModel", "Denoiser", "Autoencoder", "assemble", "build_module", "get_stage",
+    "trained_parameters", "motion_config_for", "export_metadata",
+]
