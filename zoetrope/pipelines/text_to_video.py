@@ -188,6 +188,18 @@ class FreeInitSettings:
 PromptInput = Union[str, Sequence[str], Mapping[int, str]]
 
 
+@dataclass
+class SparseControl:
+    """SparseCtrl inputs for one generation: the encoder, keyframe condition `(1, c, f, H, W)` and mask
+    `(1, 1, f, H, W)` (zeros except at keyframes), and the conditioning scale. Residuals are recomputed every step
+    on the same (CFG-doubled) batch and text as the UNet, as in the official pipeline."""
+
+    encoder: torch.nn.Module
+    condition: torch.Tensor
+    mask: torch.Tensor
+    scale: float = 1.0
+
+
 def _encode_one(model: ImageModel, prompt: str | Mapping[int, str], num_frames: int, travel: TravelSettings) -> torch.Tensor:
     """`(tokens, dim)` for a plain prompt, `(frames, tokens, dim)` for a frame-keyed prompt map."""
     if isinstance(prompt, Mapping):
@@ -230,6 +242,7 @@ def make_frame_predict(
     motion_strength: float | torch.Tensor = 1.0,
     motion_scale: float | torch.Tensor = 1.0,
     motion_windows: Callable[[int], MotionWindows | None] | None = None,
+    control: SparseControl | None = None,
 ):
     """predict(latents, t, frame_indices, step) -> guided noise for those frames.
 
@@ -248,8 +261,15 @@ def make_frame_predict(
         text = torch.cat([u, c]) if use_cfg else c
         batch = torch.cat([latents, latents]) if use_cfg else latents
         scale = pick(motion_scale, frames)
+        residuals = {}
+        if control is not None:
+            down, mid = control.encoder(
+                batch, timestep, text, control.condition[:, :, frames], control.mask[:, :, frames],
+                conditioning_scale=control.scale,
+            )
+            residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
         noise = video_unet(
-            batch, timestep, text, motion_strength=pick(motion_strength, frames),
+            batch, timestep, text, motion_strength=pick(motion_strength, frames), **residuals,
             motion_scale=None if isinstance(scale, float) and scale == 1.0 else scale,
             motion_windows=motion_windows(step) if motion_windows is not None else None,
         )
@@ -306,6 +326,7 @@ def generate(
     decode: bool = True,
     init_latents: torch.Tensor | None = None,
     strength: float = 1.0,
+    control: SparseControl | None = None,
 ) -> VideoResult:
     """Generate one video per prompt. Returns frames `(b, c, f, h, w)` in [0, 1] and the settings used.
 
@@ -352,6 +373,8 @@ def generate(
                 "noise": noise, "noise_params": dict(noise_params) if noise_params else None,
                 "freeinit": asdict(freeinit) if freeinit and freeinit.iterations else None,
                 "strength": strength if init_latents is not None else None,
+                "control_scale": control.scale if control is not None else None,
+                "keyframes": [int(i) for i in control.mask[0, 0, :, 0, 0].nonzero().flatten()] if control is not None else None,
             }.items() if value is not None
         },
     )
@@ -392,6 +415,7 @@ def generate(
         pipeline.video_unet, cond, uncond, guidance_scale,
         motion_strength=_per_frame(motion_strength, num_frames), motion_scale=_per_frame(motion_scale, num_frames),
         motion_windows=_motion_windows(num_frames, context) if context is not None and context_mode == "motion" else None,
+        control=_control_on(control, device, dtype, num_frames),
     )
     predict = make_step_predict(frame_predict, num_frames, context, context_mode)
     generator = torch.Generator().manual_seed(seeds[0])  # only ancestral samplers draw from it
@@ -407,6 +431,17 @@ def generate(
     # 6. Decode in chunks of frames.
     frames = decode_latents(model.vae, latents, chunk_size=decode_chunk_size) if decode else torch.empty(0)
     return VideoResult(frames=frames.float().cpu(), settings=settings, latents=latents if return_latents else None)
+
+
+def _control_on(control: SparseControl | None, device, dtype, num_frames: int) -> SparseControl | None:
+    if control is None:
+        return None
+    if control.condition.shape[2] != num_frames:
+        raise InputError(f"SparseCtrl condition covers {control.condition.shape[2]} frames, the video has {num_frames}")
+    return SparseControl(
+        control.encoder, control.condition.to(device=device, dtype=dtype), control.mask.to(device=device, dtype=dtype),
+        control.scale,
+    )
 
 
 def _freeinit_restart(
