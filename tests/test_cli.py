@@ -91,3 +91,37 @@ def test_run_rejects_unknown_fields(tmp_path, capsys) -> None:
     path.write_text(yaml.safe_dump([{"prompt": ["x"], "guidance": 3}]))
     assert main(["run", str(path)]) == 2
     assert "unknown field(s) ['guidance']" in capsys.readouterr().err
+
+
+def test_generate_with_travel_windows_and_noise_flags(files, tmp_path, capsys) -> None:
+    model, motion = files
+    out = tmp_path / "long.gif"
+    code = main([
+        "generate", "flat colours", "--prompt-at", "0:a red circle", "--prompt-at", "-1:a blue star",
+        "--model", str(model), "--motion-module", str(motion), "--frames", "10", "--context-length", "6",
+        "--context-overlap", "2", "--show-windows", "--noise", "pyoco_mixed", "--noise-param", "alpha=1.0",
+        "--motion-scale", "1.2", "--width", "32", "--height", "32", "--steps", "2", "--seed", "1", "-o", str(out),
+    ])
+    assert code == 0 and _frame_count(out) == 10
+    printed = capsys.readouterr().out
+    assert "step" in printed.lower() or "#" in printed
+    sidecar = json.loads(out.with_name(out.name + ".json").read_text())
+    assert sidecar["prompt"] == {"0": "a red circle", "-1": "a blue star"} or sidecar["prompt"]["0"] == "a red circle"
+    assert sidecar["context"]["length"] == 6 and sidecar["noise"] == "pyoco_mixed"
+
+
+def test_video_to_video_keeps_frames_and_fps(files, tmp_path) -> None:
+    import numpy as np
+
+    from zoetrope.media import read_video, save_video
+
+    model, motion = files
+    source = tmp_path / "in.mp4"
+    save_video(np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8), source, fps=12)
+    out = tmp_path / "out.mp4"
+    assert main([
+        "generate", "a red circle", "--video", str(source), "--strength", "0.5", "--model", str(model),
+        "--motion-module", str(motion), "--steps", "2", "--seed", "1", "-o", str(out),
+    ]) == 0
+    frames, fps = read_video(out)
+    assert frames.shape[0] == 5 and round(fps) == 12

@@ -53,8 +53,9 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=-1, help="seed of the first video; -1 draws one (recorded)")
     parser.add_argument("--scheduler", choices=SCHEDULERS, default="ddim")
     parser.add_argument("--negative", default="", help="negative prompt")
-    parser.add_argument("--fps", type=int, default=8)
-    parser.add_argument("--motion-strength", type=float, default=1.0, help="multiplier on the motion modules' effect")
+    parser.add_argument("--fps", type=int, default=None, help="frames per second of the output (default 8; video-to-video: the input's)")
+    parser.add_argument("--motion-strength", default="1.0", help="multiplier on the motion modules' effect (0 = still image model); a comma list gives one per frame")
+    parser.add_argument("--motion-scale", default="1.0", help="multiplier on temporal-attention keys (ComfyUI's motion scale); a comma list gives one per frame")
     parser.add_argument("--decode-chunk", type=int, default=16, help="frames decoded by the VAE at once")
     parser.add_argument("--dtype", default="fp32", help="fp32 | fp16 | bf16")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -68,25 +69,149 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", default=None, metavar="PATH[:SCALE]", help="AnimateDiff domain adapter with its scale")
 
 
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("long videos (context windows)")
+    group.add_argument("--context-length", type=int, default=0, help="frames per window (enables windows; 16 for v1-v3)")
+    group.add_argument("--context-overlap", type=int, default=4, help="frames shared by neighbouring windows")
+    group.add_argument("--context-stride", type=int, default=1, help="dilation: largest step between frames of a window (1 = contiguous only; 2 adds every-other-frame windows, ...)")
+    group.add_argument("--context-schedule", choices=("uniform", "static"), default="uniform", help="uniform moves window seams every step")
+    group.add_argument("--context-fuse", choices=("pyramid", "flat", "overlap-linear"), default="pyramid")
+    group.add_argument("--context-mode", choices=("unet", "motion"), default="unet", help="windows around the whole UNet (memory bounded) or inside the motion modules only (FreeNoise)")
+    group.add_argument("--closed-loop", action="store_true", help="let windows wrap from the last frame to the first (looping video)")
+    group.add_argument("--show-windows", action="store_true", help="print the windows of every step")
+    group = parser.add_argument_group("prompt travel")
+    group.add_argument("--prompt-at", action="append", default=[], metavar='FRAME:"TEXT"', help="prompt keyed at a frame (negative = from the end); repeatable; PROMPT then becomes the head text")
+    group.add_argument("--negative-at", action="append", default=[], metavar='FRAME:"TEXT"', help="negative prompt keyed at a frame")
+    group.add_argument("--tail", default="", help="text appended to every keyed prompt")
+    group.add_argument("--travel-hold", type=float, default=0.0, help="fraction of each segment that keeps its prompt before blending")
+    group.add_argument("--travel-method", choices=("lerp", "slerp"), default="lerp")
+    group.add_argument("--circular", action="store_true", help="blend the last prompt back into the first")
+    group = parser.add_argument_group("noise")
+    group.add_argument("--noise", default=None, help="noise prior: independent, freenoise_shuffle, repeated_window, constant, pyoco_mixed, pyoco_progressive (default: the official draw)")
+    group.add_argument("--noise-param", action="append", default=[], metavar="NAME=VALUE", help="prior parameter, e.g. alpha=1.0 or window=16")
+    group.add_argument("--freeinit", type=int, default=0, help="FreeInit iterations (0 = off)")
+    group.add_argument("--freeinit-filter", choices=("gaussian", "butterworth", "ideal", "box"), default="butterworth")
+    group.add_argument("--freeinit-ds", type=float, default=0.25, help="spatial stop frequency")
+    group.add_argument("--freeinit-dt", type=float, default=0.25, help="temporal stop frequency")
+    group = parser.add_argument_group("video-to-video and keyframes (SparseCtrl)")
+    group.add_argument("--video", default=None, help="input video or frame folder for video-to-video (frame count and fps kept)")
+    group.add_argument("--strength", type=float, default=0.6, help="video-to-video: how much to change (0 = input, 1 = ignore it)")
+    group.add_argument("--control", choices=("rgb", "sketch"), default=None, help="SparseCtrl condition type")
+    group.add_argument("--control-model", default=None, help="SparseCtrl encoder file (default: the bundled one for the bundled model)")
+    group.add_argument("--keyframe", action="append", default=[], metavar="INDEX:IMAGE", help="keyframe image at a frame (negative = from the end); repeatable")
+    group.add_argument("--control-scale", type=float, default=1.0)
+    group.add_argument("--normalize-sketch", action="store_true", help="grey + min-max normalise sketches (official normalize_condition_images)")
+
+
+def _numbers(text: str) -> float | list[float]:
+    values = [float(v) for v in str(text).split(",")]
+    return values[0] if len(values) == 1 else values
+
+
+def _keyed(items: Sequence[str], option: str) -> dict[int, str]:
+    keyed = {}
+    for item in items:
+        head, sep, text = item.partition(":")
+        try:
+            keyed[int(head)] = text.strip().strip('"')
+        except ValueError:
+            raise ConfigError(f"{option} {item!r}: expected FRAME:TEXT, e.g. 0:\"a cat\"") from None
+    return keyed
+
+
+def generation_settings(args: argparse.Namespace) -> dict:
+    """Keyword arguments of `generate` from the command line."""
+    from zoetrope.pipelines.text_to_video import FreeInitSettings, TravelSettings
+    from zoetrope.sampling.context import ContextConfig
+
+    settings: dict = dict(
+        num_frames=args.frames, width=args.width, height=args.height, steps=args.steps, guidance_scale=args.guidance,
+        seed=args.seed, scheduler=args.scheduler, motion_strength=_numbers(args.motion_strength),
+        motion_scale=_numbers(args.motion_scale), decode_chunk_size=args.decode_chunk,
+    )
+    prompt: object = args.prompt or ""
+    if args.prompt_at:
+        prompt = _keyed(args.prompt_at, "--prompt-at")
+        settings["travel"] = TravelSettings(
+            hold=args.travel_hold, method=args.travel_method, circular=args.circular, head=args.prompt or "", tail=args.tail,
+        )
+    settings["prompt"] = prompt
+    settings["negative_prompt"] = _keyed(args.negative_at, "--negative-at") if args.negative_at else args.negative
+    if args.context_length:
+        settings["context"] = ContextConfig(
+            length=args.context_length, overlap=args.context_overlap, stride=args.context_stride,
+            schedule=args.context_schedule, closed_loop=args.closed_loop, fuse=args.context_fuse,
+        )
+        settings["context_mode"] = args.context_mode
+    if args.noise:
+        settings["noise"] = args.noise
+        params = {}
+        for item in args.noise_param:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"--noise-param {item!r}: expected NAME=VALUE")
+            params[name] = float(value) if "." in value else int(value)
+        settings["noise_params"] = params
+    if args.freeinit:
+        settings["freeinit"] = FreeInitSettings(args.freeinit, args.freeinit_filter, args.freeinit_ds, args.freeinit_dt)
+    return settings
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from zoetrope.pipelines.load import load_pipeline
     from zoetrope.pipelines.text_to_video import generate, save
+    from zoetrope.sampling.context import describe_windows
 
+    if not args.prompt and not args.prompt_at:
+        raise ConfigError("give a PROMPT, or keyed prompts with --prompt-at FRAME:TEXT")
     pipeline = load_pipeline(
         args.model, args.motion_module, motion_loras=args.motion_lora, loras=args.lora, adapter=args.adapter,
         dtype=_dtype(args.dtype), device=_device(args.device),
     )
-    output = Path(args.output or f"outputs/{_slug(args.prompt)}.gif")
+    settings = generation_settings(args)
+    output = Path(args.output or f"outputs/{_slug(args.prompt or next(iter(settings['prompt'].values())))}.gif")
     if output.suffix.lower() not in VIDEO_SUFFIXES:
         raise ConfigError(f"-o {output}: unknown video format {output.suffix!r}; use one of {VIDEO_SUFFIXES}")
-    result = generate(
-        pipeline, args.prompt, negative_prompt=args.negative, num_frames=args.frames, width=args.width,
-        height=args.height, steps=args.steps, guidance_scale=args.guidance, seed=args.seed, scheduler=args.scheduler,
-        motion_strength=args.motion_strength, decode_chunk_size=args.decode_chunk,
-    )
-    for path in save(result, output, fps=args.fps):
+    if args.show_windows and "context" in settings:
+        print(describe_windows(args.frames, args.steps, settings["context"]))
+    fps = args.fps or 8
+    if args.video:
+        from zoetrope.pipelines.video_to_video import video_to_video
+
+        prompt = settings.pop("prompt")
+        settings.pop("num_frames")
+        result = video_to_video(pipeline, args.video, prompt, strength=args.strength, **settings)
+        fps = args.fps or int(round(result.settings.extras.get("fps", fps)))
+    else:
+        if args.control:
+            settings["control"] = _control(args, pipeline)
+        result = generate(pipeline, settings.pop("prompt"), **settings)
+    for path in save(result, output, fps=fps):
         print(f"wrote {path} (seed {result.settings.seeds[0]})")
     return 0
+
+
+def _control(args: argparse.Namespace, pipeline):
+    from zoetrope.formats.sparsectrl import load_sparse_control
+    from zoetrope.pipelines.image_to_video import parse_keyframe, prepare_control
+
+    path = args.control_model
+    if path is None:
+        from zoetrope.world.bundled import bundled_files
+
+        path = bundled_files().get(f"sparsectrl_{args.control}")
+        if path is None:
+            raise ConfigError(f"--control {args.control}: give the encoder file with --control-model PATH")
+    encoder = load_sparse_control(path, pipeline.video_unet.image_unet).to(device=pipeline.device, dtype=pipeline.dtype).eval()
+    expected = 4 if args.control == "rgb" else 3
+    if encoder.config.conditioning_channels != expected:
+        raise ConfigError(f"--control {args.control}: {path} is a {encoder.config.condition} SparseCtrl encoder; use --control {encoder.config.condition}")
+    keyframes = [parse_keyframe(item) for item in args.keyframe]
+    size = pipeline.video_unet.config.sample_size * pipeline.vae_scale
+    return prepare_control(
+        pipeline, encoder, keyframes, args.frames, args.width or size, args.height or size, scale=args.control_scale,
+        normalize=args.normalize_sketch,
+    )
 
 
 # --------------------------------------------------------------------------- run (official prompt configs)
@@ -244,10 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="less logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    generate = commands.add_parser("generate", help="text to video")
-    generate.add_argument("prompt")
+    generate = commands.add_parser("generate", help="text to video (also prompt travel, long videos, video-to-video, keyframes)")
+    generate.add_argument("prompt", nargs="?", default=None)
     add_model_arguments(generate)
     add_generation_arguments(generate)
+    add_sampling_arguments(generate)
     generate.add_argument("-o", "--output", default=None, help="output file: .gif, .mp4, .webp, or .png (frames folder)")
     generate.set_defaults(handler=cmd_generate)
 
