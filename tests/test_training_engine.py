@@ -371,3 +371,31 @@ def test_personalize_lora_exports_as_kohya(files, tmp_path) -> None:
         plain = load_image_model(files["base"]).text_encoder(ids)[0]
     assert not torch.allclose(plain, expected[1], atol=1e-6)
     assert all(torch.allclose(a, e, atol=1e-5) for a, e in zip(actual, expected))
+
+
+def test_main_train_on_a_webvid_style_folder_of_mp4s(files, tmp_path) -> None:
+    """The layout `zoetrope world make` writes (videos.csv with videoid/name + videos/*.mp4) plugs in via YAML."""
+    import yaml
+
+    from zoetrope.media import save_video
+    from zoetrope.training.engine import main_train
+
+    (tmp_path / "videos").mkdir()
+    rows = ["videoid,name,page_dir"]
+    for index in range(2):
+        frames = torch.rand(3, 6, SIZE, SIZE, generator=torch.Generator().manual_seed(index))
+        save_video(frames, tmp_path / "videos" / f"clip{index}.mp4", fps=8)
+        rows.append(f"clip{index},a shape moving {index},world")
+    (tmp_path / "videos.csv").write_text("\n".join(rows) + "\n")
+    config = {
+        "stage": "motion", "output_dir": str(tmp_path / "run"), "steps": 5, "batch_size": 2, "log_every": 1,
+        "model": {"image_model": files["base"], "motion": {"num_attention_heads": 4, "norm_num_groups": 8}},
+        "data": {"kind": "video", "csv_path": str(tmp_path / "videos.csv"), "video_folder": str(tmp_path / "videos"),
+                 "num_frames": FRAMES, "sample_stride": 1, "size": SIZE},
+    }
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(config))
+    exported = main_train(tmp_path / "train.yaml", overrides=["steps=1"])
+    assert exported == tmp_path / "run" / "motion_module.safetensors"
+    assert load_motion_module(exported).config.max_frames == 32
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["steps"] == 1 and saved["data"]["csv_path"].endswith("videos.csv")

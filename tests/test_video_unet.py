@@ -200,3 +200,18 @@ def test_sdxl_layout_unet_inflates_with_joint_motion_norm() -> None:
         out = video(sample, 10, torch.randn(1, 5, 32), added_cond_kwargs=added)
     assert out.shape == sample.shape and torch.isfinite(out).all()
     assert len(video._handles) == modules.num_modules()
+
+
+def test_diffusers_gradient_checkpointing_sees_the_frames() -> None:
+    """diffusers recomputes checkpointed blocks during backward, after our call returned: same gradients."""
+    sample, timestep, text = _inputs(batch=1, frames=3)
+    grads = []
+    for checkpointing in (False, True):
+        unet = make_tiny_unet()
+        video = VideoUNet(unet, make_tiny_motion_modules(unet_norm_mode="joint"))
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+        video.train()
+        video(sample, timestep[:1], text[:1]).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in video.motion_modules.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)

@@ -83,6 +83,7 @@ class VideoUNet(nn.Module):
         self.motion_modules = motion_modules
         self.gradient_checkpointing = False
         self._context: FrameContext | None = None
+        self._last_context: FrameContext | None = None
         self._handles: list[Any] = []
         if motion_modules is not None:
             check_compatible(image_unet, motion_modules)
@@ -109,9 +110,18 @@ class VideoUNet(nn.Module):
         self._handles.clear()
         return self.image_unet
 
+    def _active_context(self) -> FrameContext | None:
+        """The current call's context; during backward, the last call's (diffusers' gradient checkpointing
+        recomputes UNet blocks after the call has returned, and the recomputation must see the same frames)."""
+        if self._context is not None:
+            return self._context
+        if torch._C._current_graph_task_id() >= 0:
+            return self._last_context
+        return None
+
     def _motion_hook(self, module: MotionModule):
         def hook(_target: nn.Module, _args: Any, output: Any) -> Any:
-            context = self._context
+            context = self._active_context()
             if context is None:  # the image UNet is being called directly: behave as the image model
                 return output
             hidden = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
@@ -132,14 +142,16 @@ class VideoUNet(nn.Module):
         return hook
 
     def _fold_frames(self, _module: nn.Module, args: tuple) -> tuple | None:
-        if self._context is None:
+        context = self._active_context()
+        if context is None:
             return None
-        return (rearrange(args[0], "(b f) c h w -> b c (f h) w", f=self._context.num_frames), *args[1:])
+        return (rearrange(args[0], "(b f) c h w -> b c (f h) w", f=context.num_frames), *args[1:])
 
     def _unfold_frames(self, _module: nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        if self._context is None:
+        context = self._active_context()
+        if context is None:
             return None
-        return rearrange(output, "b c (f h) w -> (b f) c h w", f=self._context.num_frames)
+        return rearrange(output, "b c (f h) w -> (b f) c h w", f=context.num_frames)
 
     @contextlib.contextmanager
     def frame_context(
@@ -152,6 +164,7 @@ class VideoUNet(nn.Module):
         """Scope in which the image UNet's calls are treated as `num_frames`-frame videos."""
         previous = self._context
         self._context = FrameContext(num_frames=num_frames, strength=strength, key_scale=key_scale, windows=windows)
+        self._last_context = self._context
         try:
             yield self._context
         finally:

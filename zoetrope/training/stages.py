@@ -355,6 +355,8 @@ def assemble(config: TrainConfig, stage: Stage, generator: torch.Generator) -> S
     if stage.needs_video_unet:
         if config.model.motion_module:
             modules = load_motion_module(config.model.motion_module)
+            if config.model.motion:
+                logger.info("model.motion is ignored: the motion module's config comes from %s", config.model.motion_module)
         elif stage.name == "motion-lora":
             raise ConfigError("stage 'motion-lora' needs model.motion_module: the motion module the MotionLoRA adapts")
         else:
