@@ -28,7 +28,7 @@ def _randomise(network, seed: int) -> None:
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("load")
     image = make_tiny_image_model()
-    model = save_sd_single_file(image.unet, image.vae, image.text_encoder, folder / "sd.safetensors") or folder / "sd.safetensors"
+    model = save_sd_single_file(image.unet, image.vae, image.text_encoder, folder / "sd.safetensors")
     modules = make_tiny_motion_modules()
     motion = save_motion_module(modules, folder / "mm.safetensors")
     motion_lora = inject_lora(modules, r"attentions\.\d+\.to_(q|k|v|out)$", rank=2)
@@ -39,7 +39,7 @@ def files(tmp_path_factory):
     _randomise(adapter, 2)
     save_domain_adapter(adapter, folder / "adapter.safetensors")
     adapter.detach()
-    return {"model": folder / "sd.safetensors", "motion": motion, "lora": folder / "zoom.safetensors",
+    return {"model": model, "motion": motion, "lora": folder / "zoom.safetensors",
             "adapter": folder / "adapter.safetensors"}
 
 

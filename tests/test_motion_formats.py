@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from conftest import make_tiny_motion_modules, make_tiny_unet, tiny_motion_config
+from conftest import make_tiny_motion_modules, make_tiny_unet
 from zoetrope.errors import CheckpointError
 from zoetrope.formats.animatediff import OFFICIAL, official_module_to_ours
 from zoetrope.formats.detect import inspect_file

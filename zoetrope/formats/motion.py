@@ -20,7 +20,7 @@ from zoetrope import __version__
 from zoetrope.errors import CheckpointError
 from zoetrope.formats.animatediff import CONFIG_METADATA_KEY, OFFICIAL, infer_config
 from zoetrope.formats.diffusers_motion import config_from_diffusers, config_to_diffusers, from_diffusers, to_diffusers
-from zoetrope.formats.rename import sample_keys
+from zoetrope.formats.rename import describe_mismatch
 from zoetrope.formats.safe_load import load_state_dict, read_metadata, save_state_dict
 from zoetrope.models.motion_module import MotionModuleConfig, MotionModules
 
@@ -53,13 +53,9 @@ def build_motion_modules(
     missing = [k for k in expected if k not in state and not k.endswith(".pos_encoding")]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
-        problems = []
-        if missing:
-            problems.append(f"missing {sample_keys(missing)}")
-        if unexpected:
-            problems.append(f"unexpected {sample_keys(unexpected)}")
         raise CheckpointError(
-            f"{source}: motion-module keys do not match a {config.version} layout ({'; '.join(problems)}); the file "
+            f"{source}: motion-module keys do not match a {config.version} layout "
+            f"({describe_mismatch(missing, unexpected)}); the file "
             "is damaged or from an unsupported variant"
         )
     for key, value in state.items():

@@ -56,3 +56,14 @@ def sample_keys(keys: Iterable[str], count: int = 3) -> str:
     keys = sorted(keys)
     shown = ", ".join(keys[:count])
     return f"{shown}{', ...' if len(keys) > count else ''} ({len(keys)} in all)"
+
+
+def describe_mismatch(missing: Iterable[str], unexpected: Iterable[str]) -> str:
+    """'missing a, b, ... (n in all); unexpected c (1 in all)' for strict-loading errors ('' when both are empty)."""
+    problems = []
+    missing, unexpected = list(missing), list(unexpected)
+    if missing:
+        problems.append(f"missing {sample_keys(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {sample_keys(unexpected)}")
+    return "; ".join(problems)

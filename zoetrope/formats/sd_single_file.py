@@ -32,7 +32,7 @@ import torch
 
 from zoetrope import __version__
 from zoetrope.errors import CheckpointError
-from zoetrope.formats.rename import RenameRules, sample_keys
+from zoetrope.formats.rename import RenameRules, describe_mismatch, sample_keys
 from zoetrope.formats.safe_load import load_state_dict, read_metadata, save_state_dict
 
 logger = logging.getLogger(__name__)
@@ -309,14 +309,9 @@ def build_part(
     missing = sorted(wanted - set(aliases))
     unexpected = sorted(aliases[key] for key in set(aliases) - wanted)
     if missing or unexpected:
-        problems = []
-        if missing:
-            problems.append(f"missing {sample_keys(missing)}")
-        if unexpected:
-            problems.append(f"unexpected {sample_keys(unexpected)}")
         raise CheckpointError(
             f"{source}: the {PART_NAMES[part]} weights do not match the SD1.5 layout for its config "
-            f"({'; '.join(problems)}); the file is damaged, or a different model family (SD2/SDXL) or a different "
+            f"({describe_mismatch(missing, unexpected)}); the file is damaged, or a different model family (SD2/SDXL) or a different "
             "config than the bundled SD1.5 one"
         )
     loaded: dict[str, torch.Tensor] = {}

@@ -34,7 +34,7 @@ from zoetrope.errors import CheckpointError, ConfigError
 from zoetrope.formats.animatediff import OFFICIAL
 from zoetrope.formats.detect import FileInfo, classify, expect_kind
 from zoetrope.formats.diffusers_motion import DIFFUSERS
-from zoetrope.formats.rename import RenameRules, sample_keys
+from zoetrope.formats.rename import RenameRules, describe_mismatch
 from zoetrope.formats.safe_load import load_state_dict, read_metadata, save_state_dict
 from zoetrope.models.motion_module import sinusoidal_encoding
 from zoetrope.models.sparse_control import SPARSECTRL_MOTION, SparseControlConfig, SparseControlEncoder
@@ -205,11 +205,9 @@ def load_sparse_control(
     missing = [k for k in expected if k not in ours and not k.endswith(".pos_encoding")]
     unexpected = [k for k in ours if k not in expected]
     if missing or unexpected:
-        problems = [f"missing {sample_keys(missing)}"] if missing else []
-        problems += [f"unexpected {sample_keys(unexpected)}"] if unexpected else []
         raise CheckpointError(
             f"{path}: SparseCtrl keys do not match a {config.condition} encoder for this base model "
-            f"({'; '.join(problems)}); the file is damaged, from another base model, or an unsupported variant"
+            f"({describe_mismatch(missing, unexpected)}); the file is damaged, from another base model, or an unsupported variant"
         )
     for key, value in ours.items():
         if tuple(value.shape) != tuple(expected[key].shape):
