@@ -106,6 +106,11 @@ def load_pipeline(
         image_model=image_model,
         video_unet=video_unet.eval(),
         scheduler_config=default_scheduler_config(),
-        sources={"model": str(model), "motion_module": str(motion_module)},
+        sources={
+            "model": str(model), "motion_module": str(motion_module),
+            "loras": [f"{item.path}:{item.strength}" for item in map(WeightedFile.parse, loras)],
+            "adapter": str(adapter) if adapter is not None else None,
+            "motion_loras": [f"{item.path}:{item.strength}" for item in map(WeightedFile.parse, motion_loras)],
+        },
     )
     return pipeline.to(device=device)

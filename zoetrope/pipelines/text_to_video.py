@@ -374,6 +374,7 @@ def generate(
                 "freeinit": asdict(freeinit) if freeinit and freeinit.iterations else None,
                 "strength": strength if init_latents is not None else None,
                 "control_scale": control.scale if control is not None else None,
+                "sources": pipeline.sources or None,
                 "keyframes": [int(i) for i in control.mask[0, 0, :, 0, 0].nonzero().flatten()] if control is not None else None,
             }.items() if value is not None
         },
