@@ -16,7 +16,7 @@ from typing import Any, Literal, Mapping, Optional, Sequence
 from zoetrope.config import load_config
 from zoetrope.errors import ConfigError
 
-StageName = Literal["vae", "image", "personalize", "domain-adapter", "motion", "motion-lora"]
+StageName = Literal["vae", "image", "personalize", "domain-adapter", "motion", "motion-lora", "sparsectrl"]
 MixedPrecision = Literal["no", "fp16", "bf16"]
 
 
@@ -55,6 +55,45 @@ class ModelConfig:
     motion: dict[str, Any] = field(default_factory=dict)
     domain_adapter: Optional[str] = None
     domain_adapter_scale: float = 1.0
+    sparse_control: Optional[str] = None
+
+
+@dataclass
+class SparseCtrlTrainConfig:
+    """The SparseCtrl encoder the `sparsectrl` stage trains and the keyframe patterns it sees.
+
+    Shape (`zoetrope.models.sparse_control.SparseControlConfig`): `condition` "rgb" (VAE latents of the keyframes)
+    or "sketch" (edge maps of the keyframes, pixels in [0, 1]); `temporal: false` is the paper's frame-by-frame
+    ablation (no motion modules in the encoder); `embedding_channels` are the sketch embedding's widths (their count
+    sets the downsampling, 2 ** (n - 1), which must equal the VAE's); `motion` replaces fields of the encoder's
+    motion-module preset (`SPARSECTRL_MOTION`, e.g. `num_attention_heads`, `norm_num_groups` for a tiny UNet).
+
+    Keyframes per clip (Guo et al. 2023, arXiv:2311.16933 §3.2 trains on random sparsity patterns; the mixture is
+    zoetrope's recipe, shared/reference/seed-systems.md §2.3): none with `p_zero_keyframes`, frame 0 only with
+    `p_first_keyframe` (image animation), first and last with `p_first_last_keyframes` (interpolation), otherwise
+    a uniform random count in 1..`max_keyframes` at uniform random positions.
+    """
+
+    condition: Literal["rgb", "sketch"] = "rgb"
+    temporal: bool = True
+    embedding_channels: list[int] = field(default_factory=lambda: [16, 32, 96, 256])
+    motion: dict[str, Any] = field(default_factory=dict)
+    max_keyframes: int = 4
+    p_zero_keyframes: float = 0.1
+    p_first_keyframe: float = 0.5
+    p_first_last_keyframes: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.max_keyframes < 1:
+            raise ConfigError(f"sparsectrl.max_keyframes={self.max_keyframes}; expected an integer >= 1")
+        probabilities = (self.p_zero_keyframes, self.p_first_keyframe, self.p_first_last_keyframes)
+        if any(not 0.0 <= value <= 1.0 for value in probabilities) or sum(probabilities) > 1.0 + 1e-9:
+            raise ConfigError(
+                f"sparsectrl.p_zero_keyframes/p_first_keyframe/p_first_last_keyframes={probabilities}; expected "
+                "probabilities in [0, 1] with a sum <= 1 (the rest goes to random keyframes)"
+            )
+        if not self.embedding_channels or any(int(width) < 1 for width in self.embedding_channels):
+            raise ConfigError(f"sparsectrl.embedding_channels={self.embedding_channels}; expected positive widths")
 
 
 @dataclass
@@ -88,6 +127,7 @@ class TrainConfig:
     method: Literal["full", "lora"] = "full"
     train_text_encoder: Optional[bool] = None
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    sparsectrl: SparseCtrlTrainConfig = field(default_factory=SparseCtrlTrainConfig)
 
     steps: int = 100
     batch_size: int = 4

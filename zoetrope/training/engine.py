@@ -363,13 +363,15 @@ class Trainer:
             latents = encode_frames(self.model.image_model.vae, frames, self.config.vae_chunk_size, self.generator)
         return latents.float()
 
-    def diffusion_inputs(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    def diffusion_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """Latents, noise, timesteps and token ids of a batch; random draws per sample, in order (see module doc).
 
-        Per sample: VAE posterior sample, timestep ~ U{0..T-1}, noise ~ N(0, I), caption dropout.
+        Per sample: VAE posterior sample, timestep ~ U{0..T-1}, noise ~ N(0, I), caption dropout, then the stage's
+        extra inputs (`Stage.conditions`, e.g. SparseCtrl keyframes), returned under "conditions".
         """
         pixels, texts = batch["pixel_values"], list(batch["text"])
         latents, noise, timesteps, captions = [], [], [], []
+        conditions: dict[str, list[torch.Tensor]] = {}
         steps = self.noise_scheduler.config.num_train_timesteps
         for index in range(len(texts)):
             sample = self._latents(pixels[index])
@@ -377,12 +379,20 @@ class Trainer:
             timesteps.append(torch.randint(0, steps, (1,), generator=self.generator))
             noise.append(torch.randn(sample.shape, generator=self.generator).to(self.device))
             captions += drop_captions([texts[index]], self.config.caption_dropout, self.generator)
+            if self.stage.conditions is not None:
+                extra = self.stage.conditions(self.model, self.config, pixels[index], sample, self.generator)
+                for name, value in extra.items():
+                    conditions.setdefault(name, []).append(value)
         latents_all, noise_all = torch.cat(latents), torch.cat(noise)
         if self.stage.data_mode == "image":
             latents_all, noise_all = latents_all[:, :, 0], noise_all[:, :, 0]
         encoder = self.model.image_model.text_encoder
         ids = tokenize(self.model.image_model.tokenizer, captions, int(encoder.config.max_position_embeddings))
-        return {"latents": latents_all, "noise": noise_all, "timesteps": torch.cat(timesteps).to(self.device), "input_ids": ids.to(self.device)}
+        return {
+            "latents": latents_all, "noise": noise_all, "timesteps": torch.cat(timesteps).to(self.device),
+            "input_ids": ids.to(self.device),
+            "conditions": {name: torch.cat(values).to(self.device) for name, values in conditions.items()},
+        }
 
     def micro_loss(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """The stage's loss on one micro-batch (float32 scalar, graph attached)."""
@@ -402,7 +412,7 @@ class Trainer:
         inputs = self.diffusion_inputs(batch)
         noisy = self.noise_scheduler.add_noise(inputs["latents"], inputs["noise"], inputs["timesteps"])
         with self.autocast():
-            prediction = self.network(noisy, inputs["timesteps"], inputs["input_ids"])
+            prediction = self.network(noisy, inputs["timesteps"], inputs["input_ids"], **inputs["conditions"])
         return F.mse_loss(prediction.float(), inputs["noise"].float())
 
     def accumulate(self, micro_batches: Sequence[Mapping[str, Any]]) -> float:

@@ -13,16 +13,24 @@ text-to-image model, each stage adding one small part:
 | `domain-adapter` | LoRA on spatial attn1/attn2 q/k/v/out          | frames | scaled_linear | official adapter naming        |
 | `motion`         | the motion modules (image UNet frozen)         | clip   | linear        | official motion-module layout  |
 | `motion-lora`    | LoRA on the motion modules' attention q/k/v/out | clip  | linear        | official MotionLoRA naming     |
+| `sparsectrl`     | a SparseCtrl encoder (video UNet frozen)       | clip   | linear        | official SparseCtrl layout     |
 
 Motion stages use linear betas 0.00085 -> 0.012 instead of SD's scaled_linear: the AnimateDiff authors changed the
 schedule on purpose for motion training (official `configs/training/v1/training.yaml`), image stages keep SD's.
 Every diffusion stage minimises the epsilon-prediction MSE of Ho et al. 2020 (DDPM, eq. 14, "L_simple").
+
+`sparsectrl` (Guo et al. 2023, arXiv:2311.16933, §3.2) trains a ControlNet-style condition encoder copied from the
+image UNet's encoder, with its own temporal layers, on top of the frozen text-to-video model (image UNet + motion
+module, + the domain adapter when given, assembled exactly as for `motion`). Each clip gets a random keyframe
+pattern (`zoetrope.training.conditions`); the encoder's residuals are added to the frozen video UNet's skips. It is
+the one stage with per-sample inputs besides latents and text, declared by `Stage.conditions`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
@@ -35,6 +43,7 @@ from zoetrope.adapters.lora import LoRANetwork, inject_lora
 from zoetrope.config import dump_config, load_config
 from zoetrope.errors import ConfigError
 from zoetrope.models.motion_module import PRESETS, MotionModuleConfig, MotionModules
+from zoetrope.models.sparse_control import SPARSECTRL_MOTION, SparseControlConfig, SparseControlEncoder
 from zoetrope.models.video_unet import VideoUNet
 from zoetrope.pipelines.components import ImageModel
 from zoetrope.training.config import ArchitectureConfig, TrainConfig
@@ -60,7 +69,8 @@ class StageModel:
     """The assembled model of one stage: frozen image model, optional video UNet, and the trained add-ons.
 
     `networks` holds the LoRA networks this stage trains, by role (`unet`, `text_encoder`, `motion`); `frozen`
-    holds attached networks that stay fixed (the domain adapter while training motion).
+    holds attached networks that stay fixed (the domain adapter while training motion); `control` is the
+    SparseCtrl encoder of the `sparsectrl` stage.
     """
 
     image_model: ImageModel
@@ -68,6 +78,7 @@ class StageModel:
     networks: dict[str, LoRANetwork] = field(default_factory=dict)
     frozen: dict[str, LoRANetwork] = field(default_factory=dict)
     train_text_encoder: bool = False
+    control: SparseControlEncoder | None = None
 
     @property
     def motion_modules(self) -> MotionModules | None:
@@ -84,6 +95,8 @@ class StageModel:
             parts["motion_modules"] = self.motion_modules
         for role, network in {**self.networks, **self.frozen}.items():
             parts[f"lora_{role}"] = network
+        if self.control is not None:
+            parts["sparse_control"] = self.control
         return parts
 
     def freeze(self) -> None:
@@ -112,6 +125,35 @@ class Denoiser(nn.Module):
         return self.unet(noisy, timesteps, encoder_hidden_states=text, return_dict=False)[0]
 
 
+class ControlledDenoiser(Denoiser):
+    """A `Denoiser` whose video UNet is steered by a SparseCtrl encoder (the `sparsectrl` stage).
+
+    `forward(noisy, timesteps, input_ids, condition, mask)`: the encoder turns the keyframe condition and mask
+    (`(b, c, f, H, W)`, `(b, 1, f, H, W)`) into ControlNet residuals, which the frozen video UNet adds to its skip
+    features and mid block, as the official pipeline does at inference (reference §5).
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        text_encoder: nn.Module,
+        networks: Mapping[str, LoRANetwork],
+        control: SparseControlEncoder,
+    ) -> None:
+        super().__init__(unet, text_encoder, networks)
+        self.control = control
+
+    def forward(  # type: ignore[override]
+        self, noisy: torch.Tensor, timesteps: torch.Tensor, input_ids: torch.Tensor,
+        condition: torch.Tensor, mask: torch.Tensor,
+    ) -> torch.Tensor:
+        text = self.text_encoder(input_ids)[0]
+        down, mid = self.control(noisy, timesteps, text, condition, mask)
+        return self.unet(
+            noisy, timesteps, text, down_block_additional_residuals=down, mid_block_additional_residual=mid
+        )
+
+
 class Autoencoder(nn.Module):
     """The VAE as trained by the `vae` stage: encode, reparameterised sample, decode.
 
@@ -138,6 +180,10 @@ class Stage:
     trains: freezes the assembled model and switches on (or injects, for LoRA) what this stage trains; the trained
         parameters are then exactly those with `requires_grad`.
     export: writes only what was trained, in the format users load, and returns the path.
+    conditions: extra per-sample inputs of the trained module, `(model, config, pixels (f, c, h, w) in [-1, 1],
+        latents (1, c, f, h, w), generator) -> {name: (1, ...) tensor}`; the engine calls it once per sample, in
+        batch order after that sample's other draws, concatenates each name over the batch and passes them to the
+        module as keyword arguments. None for stages whose module takes only latents, timesteps and text.
     """
 
     name: str
@@ -149,6 +195,9 @@ class Stage:
     trains: Callable[[StageModel, TrainConfig, torch.Generator], None]
     export: Callable[[StageModel, Path, Mapping[str, object]], Path]
     export_name: Callable[[TrainConfig], str]
+    conditions: Callable[
+        [StageModel, TrainConfig, torch.Tensor, torch.Tensor, torch.Generator], dict[str, torch.Tensor]
+    ] | None = None
 
     def noise_schedule(self) -> dict[str, Any]:
         """The DDPM noise schedule (diffusers scheduler config) this stage trains and validates with."""
@@ -208,6 +257,68 @@ def _train_motion_lora(model: StageModel, config: TrainConfig, generator: torch.
     model.networks["motion"] = _lora(config, model.motion_modules, MOTION_ATTENTION, generator, config.lora.alpha)
 
 
+def sparse_control_config(config: TrainConfig, unet: nn.Module, vae: nn.Module | None) -> SparseControlConfig:
+    """The encoder config of `config.sparsectrl`, with its motion modules fitted to `unet` and checked against `vae`.
+
+    The sketch embedding downsamples by `2 ** (len(embedding_channels) - 1)`; it must equal the VAE's factor so the
+    embedded pixels land on the latent grid.
+    """
+    settings = config.sparsectrl
+    motion_values = {**SPARSECTRL_MOTION.to_dict(), **settings.motion}
+    motion = load_config(motion_values, MotionModuleConfig, name="sparsectrl.motion")
+    control = SparseControlConfig(
+        condition=settings.condition, embedding_channels=tuple(settings.embedding_channels), motion=motion,
+        temporal=settings.temporal,
+    )
+    if vae is not None and settings.condition == "sketch":
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        if control.downsample_factor != factor:
+            raise ConfigError(
+                f"sparsectrl.embedding_channels={list(settings.embedding_channels)} downsamples sketches by "
+                f"{control.downsample_factor}, the VAE by {factor}; give {int(math.log2(factor)) + 1} widths"
+            )
+    return control
+
+
+def _train_sparsectrl(model: StageModel, config: TrainConfig, generator: torch.Generator) -> None:
+    """SparseCtrl (Guo et al. 2023 §3.2): only the condition encoder trains; the text-to-video model stays frozen.
+
+    A fresh encoder copies the image UNet's encoder weights (official `from_unet`); its condition embedding, zero
+    convolutions and motion-module outputs start at zero, so training starts from the unsteered video model.
+    `model.sparse_control` continues training a saved encoder instead.
+    """
+    from zoetrope.formats.sparsectrl import load_sparse_control
+
+    model.freeze()
+    unet = model.image_model.unet
+    if config.model.sparse_control:
+        encoder = load_sparse_control(config.model.sparse_control, unet)
+        logger.info("sparsectrl: the encoder's shape comes from %s (sparsectrl.condition/temporal/... ignored)",
+                    config.model.sparse_control)
+    else:
+        encoder = SparseControlEncoder.from_unet(unet, sparse_control_config(config, unet, model.image_model.vae))
+    first = next(unet.parameters())
+    model.control = encoder.to(device=first.device, dtype=first.dtype)
+    model.control.requires_grad_(True)
+
+
+def _sparsectrl_conditions(
+    model: StageModel, config: TrainConfig, pixels: torch.Tensor, latents: torch.Tensor, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """One clip's keyframe condition and mask: a random pattern (engine generator), then latents or edge maps."""
+    from zoetrope.training.conditions import clip_condition, keyframe_pattern
+
+    settings = config.sparsectrl
+    frames = keyframe_pattern(
+        pixels.shape[0], generator, settings.max_keyframes, settings.p_zero_keyframes, settings.p_first_keyframe,
+        settings.p_first_last_keyframes,
+    )
+    kind = model.control.config.condition
+    clip = (pixels.float() + 1) / 2
+    condition, mask = clip_condition(clip, frames, kind, model.image_model.vae, config.vae_chunk_size)
+    return {"condition": condition.to(latents.device), "mask": mask.to(latents.device)}
+
+
 def _metadata(model: StageModel, metadata: Mapping[str, object]) -> dict[str, object]:
     return {"zoetrope.version": __version__, **metadata}
 
@@ -253,6 +364,12 @@ def _export_motion_lora(model: StageModel, path: Path, metadata: Mapping[str, ob
     return save_motion_lora(model.networks["motion"], path, _metadata(model, metadata))
 
 
+def _export_sparsectrl(model: StageModel, path: Path, metadata: Mapping[str, object]) -> Path:
+    from zoetrope.formats.sparsectrl import save_sparse_control
+
+    return save_sparse_control(model.control, path, _metadata(model, metadata))
+
+
 def _fixed(name: str) -> Callable[[TrainConfig], str]:
     return lambda _config: name
 
@@ -273,6 +390,9 @@ STAGES: dict[str, Stage] = {
               _train_motion, _export_motion, _fixed("motion_module.safetensors")),
         Stage("motion-lora", "MotionLoRA on the motion modules' attention", "clip", "epsilon", "linear", True,
               _train_motion_lora, _export_motion_lora, _fixed("motion_lora.safetensors")),
+        Stage("sparsectrl", "a SparseCtrl keyframe encoder on clips, video UNet frozen", "clip", "epsilon", "linear",
+              True, _train_sparsectrl, _export_sparsectrl, _fixed("sparse_control.safetensors"),
+              conditions=_sparsectrl_conditions),
     )
 }
 
@@ -359,6 +479,11 @@ def assemble(config: TrainConfig, stage: Stage, generator: torch.Generator) -> S
                 logger.info("model.motion is ignored: the motion module's config comes from %s", config.model.motion_module)
         elif stage.name == "motion-lora":
             raise ConfigError("stage 'motion-lora' needs model.motion_module: the motion module the MotionLoRA adapts")
+        elif stage.name == "sparsectrl":
+            raise ConfigError(
+                "stage 'sparsectrl' needs model.motion_module: the trained motion module the encoder steers "
+                "(train the `motion` stage first)"
+            )
         else:
             modules = MotionModules(motion_config_for(image.unet, config.model.motion_preset, config.model.motion))
         model.video_unet = VideoUNet(image.unet, modules)
@@ -376,6 +501,8 @@ def build_module(model: StageModel, stage: Stage) -> nn.Module:
     if stage.objective == "reconstruction":
         return Autoencoder(model.image_model.vae)
     unet = model.video_unet if model.video_unet is not None else model.image_model.unet
+    if model.control is not None:
+        return ControlledDenoiser(unet, model.image_model.text_encoder, model.networks, model.control)
     return Denoiser(unet, model.image_model.text_encoder, model.networks)
 
 
@@ -398,6 +525,6 @@ def describe(stage: Stage) -> str:
 
 
 __all__ = [
-    "STAGES", "Stage", "StageModel", "Denoiser", "Autoencoder", "assemble", "build_module", "get_stage",
-    "trained_parameters", "motion_config_for", "export_metadata",
+    "STAGES", "Stage", "StageModel", "Denoiser", "ControlledDenoiser", "Autoencoder", "assemble", "build_module",
+    "get_stage", "trained_parameters", "motion_config_for", "export_metadata", "sparse_control_config",
 ]
