@@ -200,7 +200,7 @@ def test_config_defaults_and_round_trip():
     assert rgb.motion.attentions_per_block == 1 and rgb.motion.max_frames == 32 and not rgb.motion.mid_block
     for config in (rgb, sketch, tiny_config("sketch", temporal=False, conditioning_scale=0.5)):
         assert SparseControlConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ConfigError, match="unknown field"):
+    with pytest.raises(ConfigError, match="unknown key"):
         SparseControlConfig.from_dict({"condition": "rgb", "strength": 1})
 
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from zoetrope.config import dump_config, load_config
 from zoetrope.errors import ConfigError
 
 NormMode = Literal["per_frame", "joint"]
@@ -73,28 +74,12 @@ class MotionModuleConfig:
             raise ConfigError("MotionModuleConfig: max_frames, layers_per_block, attentions_per_block must be >= 1")
 
     def to_dict(self) -> dict:
-        return {
-            "block_out_channels": list(self.block_out_channels),
-            "layers_per_block": self.layers_per_block,
-            "mid_block": self.mid_block,
-            "num_attention_heads": self.num_attention_heads,
-            "num_transformer_blocks": self.num_transformer_blocks,
-            "attentions_per_block": self.attentions_per_block,
-            "max_frames": self.max_frames,
-            "norm_num_groups": self.norm_num_groups,
-            "norm_mode": self.norm_mode,
-            "unet_norm_mode": self.unet_norm_mode,
-            "zero_init": self.zero_init,
-            "version": self.version,
-        }
+        return dump_config(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "MotionModuleConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"MotionModuleConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
-        return cls(**values)
+        """Strict: an unknown field or a wrong type is a ConfigError naming the key."""
+        return load_config(dict(values), cls)
 
     def with_(self, **changes: object) -> "MotionModuleConfig":
         return replace(self, **changes)

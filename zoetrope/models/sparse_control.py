@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
+from zoetrope.config import dump_config, load_config
 from zoetrope.errors import ConfigError, FrameCountError, InputError
 from zoetrope.models.motion_module import MotionBlock, MotionModule, MotionModuleConfig
 
@@ -92,27 +93,12 @@ class SparseControlConfig:
         return 1 if self.use_simplified_condition_embedding else 2 ** (len(self.embedding_channels) - 1)
 
     def to_dict(self) -> dict:
-        return {
-            "condition": self.condition,
-            "conditioning_channels": self.conditioning_channels,
-            "concat_mask": self.concat_mask,
-            "use_simplified_condition_embedding": self.use_simplified_condition_embedding,
-            "embedding_channels": list(self.embedding_channels),
-            "motion": self.motion.to_dict(),
-            "temporal": self.temporal,
-            "conditioning_scale": self.conditioning_scale,
-        }
+        return dump_config(self)
 
     @classmethod
     def from_dict(cls, values: Mapping) -> "SparseControlConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"SparseControlConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
-        values = dict(values)
-        if isinstance(values.get("motion"), Mapping):
-            values["motion"] = MotionModuleConfig.from_dict(values["motion"])
-        return cls(**values)
+        """Strict: an unknown field or a wrong type is a ConfigError naming the key."""
+        return load_config(dict(values), cls)
 
     def with_(self, **changes: object) -> "SparseControlConfig":
         return replace(self, **changes)
