@@ -101,8 +101,9 @@ class VideoPipeline:
         return 2 ** (len(self.image_model.vae.config.block_out_channels) - 1)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "VideoPipeline":
+        moves = {key: value for key, value in (("device", device), ("dtype", dtype)) if value is not None}
         for module in (self.image_model.text_encoder, self.image_model.vae, self.video_unet):
-            module.to(device=device, dtype=dtype)
+            module.to(**moves)
         return self
 
 
