@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from zoetrope.media import frames_to_uint8
 from zoetrope.pipelines.load import load_pipeline
 from zoetrope.pipelines.text_to_video import FreeInitSettings, generate
 from zoetrope.sampling.context import ContextConfig, context_windows
@@ -30,8 +31,7 @@ from zoetrope.world.metrics import PROMPT_SUITE, classify_motion, temporal_consi
 
 def to_clips(frames: torch.Tensor) -> list[np.ndarray]:
     """(b, c, f, h, w) in [0, 1] -> uint8 (f, h, w, 3) arrays."""
-    pixels = (frames.clamp(0, 1) * 255).round().to(torch.uint8)
-    return [np.ascontiguousarray(video.permute(1, 2, 3, 0).numpy()) for video in pixels]
+    return [frames_to_uint8(video) for video in frames]
 
 
 def frame_changes(clip: np.ndarray) -> np.ndarray:

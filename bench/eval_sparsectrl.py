@@ -37,6 +37,7 @@ import torch
 from einops import rearrange
 
 from zoetrope.formats.sparsectrl import load_sparse_control
+from zoetrope.media import frames_to_uint8
 from zoetrope.pipelines.components import decode_latents, encode_frames
 from zoetrope.pipelines.image_to_video import prepare_control
 from zoetrope.pipelines.load import load_pipeline
@@ -46,12 +47,6 @@ from zoetrope.world.render import WorldConfig, render_clip, spec_for_prompt
 
 TASKS = {"animation": [0], "interpolation": [0, -1]}
 TARGETS = {"keyframe_psnr": (">=", 25.0), "seam_ratio": ("<=", 1.5), "centroid_error": ("<=", 3.0)}
-
-
-def to_clip(frames: torch.Tensor) -> np.ndarray:
-    """(c, f, h, w) in [0, 1] -> uint8 (f, h, w, 3)."""
-    pixels = (frames.clamp(0, 1) * 255).round().to(torch.uint8)
-    return np.ascontiguousarray(rearrange(pixels, "c f h w -> f h w c").cpu().numpy())
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -99,7 +94,7 @@ def vae_ceiling(pipe, images: np.ndarray) -> list[float]:
     """PSNR of the VAE round trip (mode, then decode) of uint8 images (k, h, w, 3): the best a latent model can do."""
     video = rearrange(to_tensor(images), "k c h w -> 1 c k h w").to(pipe.device, pipe.dtype)
     decoded = decode_latents(pipe.image_model.vae, encode_frames(pipe.image_model.vae, video, sample=False))
-    return [psnr(a, b) for a, b in zip(to_clip(decoded[0]), images)]
+    return [psnr(a, b) for a, b in zip(frames_to_uint8(decoded[0]), images)]
 
 
 def mean(values: list[float | None]) -> float | None:
@@ -122,7 +117,7 @@ def evaluate(pipe, encoder, clips: list[tuple[str, np.ndarray]], args, config: W
                     pipe, prompt, num_frames=len(truth), width=size, height=size, steps=args.steps,
                     guidance_scale=args.guidance, seed=seed, control=control, progress=False,
                 )
-                clip = to_clip(result.frames[0])
+                clip = frames_to_uint8(result.frames[0])
                 psnrs += [psnr(clip[frame], truth[frame]) for frame in frames]
                 seams.append(seam_ratio(clip, frames))
                 if task == "interpolation":

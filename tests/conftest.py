@@ -109,3 +109,22 @@ def make_tiny_pipeline(seed: int = 0, **motion_overrides):
     image_model = make_tiny_image_model(seed)
     video_unet = VideoUNet(image_model.unet, make_tiny_motion_modules(seed + 1, **motion_overrides))
     return VideoPipeline(image_model=image_model, video_unet=video_unet.eval())
+
+
+def merge_config_values(values: dict, changes: dict) -> dict:
+    """Training-config test values with `changes` applied (nested dicts merged one level deep)."""
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
+    return values
+
+
+def all_tensors(trainer) -> dict:
+    """Every parameter of every part of a training stage's model, by `part.name`, cloned."""
+    return {
+        f"{part}.{name}": parameter.detach().clone()
+        for part, module in trainer.model.modules().items()
+        for name, parameter in module.named_parameters()
+    }

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from conftest import TINY_UNET, make_tiny_image_model, make_tiny_motion_modules
+from conftest import TINY_UNET, all_tensors, make_tiny_image_model, make_tiny_motion_modules, merge_config_values
 from zoetrope.errors import CheckpointError, ConfigError
 from zoetrope.formats.motion import load_motion_module, save_motion_module
 from zoetrope.formats.safe_load import load_state_dict
@@ -66,21 +66,7 @@ def make_config(files, tmp_path, stage: str, **changes):
         values["model"]["motion_module"] = files["motion"]
     if stage == "personalize":
         values["method"] = "lora"
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(values.get(key), dict):
-            values[key] = {**values[key], **value}
-        else:
-            values[key] = value
-    return load_train_config(values)
-
-
-def all_tensors(trainer: Trainer) -> dict[str, torch.Tensor]:
-    """Every parameter of every part of the stage's model, by `part.name`, cloned."""
-    return {
-        f"{part}.{name}": parameter.detach().clone()
-        for part, module in trainer.model.modules().items()
-        for name, parameter in module.named_parameters()
-    }
+    return load_train_config(merge_config_values(values, changes))
 
 
 def is_image(stage: str) -> bool:

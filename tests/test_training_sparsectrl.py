@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from conftest import make_tiny_image_model, make_tiny_motion_modules
+from conftest import all_tensors, make_tiny_image_model, make_tiny_motion_modules, merge_config_values
 from zoetrope.errors import ConfigError, InputError
 from zoetrope.formats.motion import save_motion_module
 from zoetrope.formats.safe_load import load_state_dict
@@ -56,20 +56,7 @@ def make_config(files, tmp_path, **changes):
         "sparsectrl": {"motion": {"num_attention_heads": 4, "norm_num_groups": 8}, "embedding_channels": SKETCH_WIDTHS},
         "steps": 4, "batch_size": 1, "lr": 1e-3, "log_every": 1, "checkpoint_every": 0, "caption_dropout": 0.0,
     }
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(values.get(key), dict):
-            values[key] = {**values[key], **value}
-        else:
-            values[key] = value
-    return load_train_config(values)
-
-
-def all_tensors(trainer: Trainer) -> dict[str, torch.Tensor]:
-    return {
-        f"{part}.{name}": parameter.detach().clone()
-        for part, module in trainer.model.modules().items()
-        for name, parameter in module.named_parameters()
-    }
+    return load_train_config(merge_config_values(values, changes))
 
 
 def residuals(encoder, condition_channels: int, condition_size: int, seed: int = 3):

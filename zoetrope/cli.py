@@ -331,8 +331,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import numpy as np
-
+    from zoetrope.media import frames_to_uint8
     from zoetrope.pipelines.load import load_pipeline
     from zoetrope.pipelines.text_to_video import generate
     from zoetrope.world.metrics import CAMERA_SUITE, PROMPT_SUITE, evaluate_clips, format_table
@@ -349,8 +348,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             pipeline, prompts, num_frames=args.frames, steps=args.steps, guidance_scale=args.guidance, seed=seed,
             negative_prompt=args.negative, progress=False, motion_strength=args.motion_strength,
         )
-        frames = (result.frames.clamp(0, 1) * 255).round().to(dtype=__import__("torch").uint8)
-        clips += [np.ascontiguousarray(video.permute(1, 2, 3, 0).numpy()) for video in frames]
+        clips += [frames_to_uint8(video) for video in result.frames]
         used_prompts += [p.replace(f", {args.suffix}", "") if args.suffix else p for p in prompts]
     results = evaluate_clips(clips, used_prompts)
     results["settings"] = {k: v for k, v in vars(args).items() if k != "handler"}
