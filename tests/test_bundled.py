@@ -12,6 +12,10 @@ from zoetrope.formats.safe_load import load_state_dict, read_metadata, save_stat
 from zoetrope.world import bundled
 from zoetrope.world.bundled import BUNDLED_FILES, SIZE_LIMIT_BYTES, bundled_files, bundled_paths, install_bundle
 
+FIRST_FRAME_PSNR = 22.0
+"""dB; set from the measured bundle (docs/world-training.md) with a margin: a clip that ignored the keyframe scores
+~12 dB (another picture of the same prompt)."""
+
 
 def test_every_bundled_file_is_present_and_the_bundle_fits_its_budget() -> None:
     files = bundled_files()
@@ -29,8 +33,11 @@ def test_each_bundled_file_is_the_kind_its_role_says() -> None:
         "domain_adapter": "domain_adapter",
         "motion_lora_zoom_in": "motion_lora",
         "motion_lora_pan_left": "motion_lora",
+        "sparsectrl_rgb": "sparsectrl",
+        "sparsectrl_sketch": "sparsectrl",
     }
     assert {role: inspect_file(path).kind for role, path in files.items()} == expected
+    assert inspect_file(files["sparsectrl_sketch"]).details["condition"] == "sketch"
     assert bundled_paths() == (files["model"], files["motion_module"])
 
 
@@ -94,3 +101,29 @@ def test_generate_with_no_model_argument_uses_the_bundle_offline_and_is_seeded(t
     assert clips[0].shape == (16, 64, 64, 3)
     assert (clips[0] == clips[1]).all()
     assert clips[0].std(axis=(1, 2)).mean() > 1.0  # a picture, not a constant frame
+
+
+def test_generate_with_the_bundled_rgb_encoder_reproduces_the_first_frame(tmp_path, monkeypatch) -> None:
+    """Image animation from the CLI: `--control rgb --keyframe 0:IMAGE` with the bundled encoder; frame 0 of the
+    clip must reproduce the given picture (a rendered shapes-world frame) to within a few levels."""
+    import math
+
+    import numpy as np
+    from PIL import Image
+
+    from zoetrope.cli import main
+    from zoetrope.media import read_video
+    from zoetrope.world.render import WorldConfig, render_clip, spec_for_prompt
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    prompt = "a yellow square moving right on a navy background"
+    config = WorldConfig()
+    first = render_clip(spec_for_prompt(prompt, np.random.default_rng(0), config), config)[0]
+    Image.fromarray(first).save(tmp_path / "first.png")
+    output = tmp_path / "clip_%03d.png"
+    argv = ["--quiet", "generate", prompt, "--steps", "10", "--seed", "0", "--device", "cpu", "--control", "rgb",
+            "--keyframe", f"0:{tmp_path / 'first.png'}", "-o", str(output)]
+    assert main(argv) == 0
+    frames, _ = read_video(output)
+    error = float(np.mean((frames[0].astype(np.float64) - first.astype(np.float64)) ** 2))
+    assert 10 * math.log10(255.0**2 / error) >= FIRST_FRAME_PSNR

@@ -125,3 +125,76 @@ def test_video_to_video_keeps_frames_and_fps(files, tmp_path) -> None:
     ]) == 0
     frames, fps = read_video(out)
     assert frames.shape[0] == 5 and round(fps) == 12
+
+
+@pytest.fixture(scope="module")
+def sparsectrl_file(files, tmp_path_factory):
+    """A random (non-zero) RGB SparseCtrl encoder for the tiny model, in the official layout."""
+    import torch
+
+    from conftest import tiny_motion_config
+    from zoetrope.formats.sparsectrl import save_sparse_control
+    from zoetrope.models.sparse_control import SparseControlConfig, SparseControlEncoder
+    from zoetrope.pipelines.components import load_image_model
+
+    unet = load_image_model(files[0]).unet
+    motion = tiny_motion_config(attentions_per_block=1, mid_block=False)
+    encoder = SparseControlEncoder.from_unet(unet, SparseControlConfig(condition="rgb", motion=motion))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in encoder.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    folder = tmp_path_factory.mktemp("sparsectrl")
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(folder / "first.png")
+    return save_sparse_control(encoder, folder / "sparsectrl_rgb.safetensors"), folder / "first.png"
+
+
+def test_run_executes_official_sparsectrl_entries_like_generate_control(files, sparsectrl_file, tmp_path) -> None:
+    import numpy as np
+
+    from zoetrope.media import read_video
+
+    model, motion = files
+    encoder, image = sparsectrl_file
+    common = ["--model", str(model), "--motion-module", str(motion), "--frames", "4", "--width", "32", "--height", "32",
+              "--steps", "2", "--seed", "5", "--guidance", "8.5"]
+    assert main(["generate", "a red circle", *common, "--control", "rgb", "--control-model", str(encoder),
+                 "--keyframe", f"0:{image}", "--keyframe", f"-1:{image}", "-o", str(tmp_path / "g_%03d.png")]) == 0
+    assert main(["generate", "a red circle", *common, "-o", str(tmp_path / "plain_%03d.png")]) == 0
+    entry = {
+        "dreambooth_path": str(model), "motion_module": str(motion), "seed": 5, "steps": 2, "guidance_scale": 8.5,
+        "prompt": ["a red circle"], "W": 32, "H": 32, "L": 4, "controlnet_path": str(encoder),
+        "controlnet_config": "configs/inference/sparsectrl/latent_condition.yaml",
+        "controlnet_images": [image.name, image.name], "controlnet_image_indexs": [0, -1],
+    }
+    config = image.parent / "prompts.yaml"  # image paths relative to the config's folder
+    config.write_text(yaml.safe_dump([entry]))
+    assert main(["run", str(config), "-o", str(tmp_path / "run"), "--format", ".png"]) == 0
+    controlled = read_video(tmp_path / "g_%03d.png")[0]
+    plain = read_video(tmp_path / "plain_%03d.png")[0]
+    ran = read_video(tmp_path / "run" / "0-0-a-red-circle")[0]
+    assert np.abs(controlled.astype(int) - plain.astype(int)).max() > 0  # the keyframes steer the clip
+    assert np.array_equal(ran, controlled)  # `run` with the official fields = `generate --control`
+
+
+def test_run_sparsectrl_entry_errors(files, sparsectrl_file, tmp_path, capsys) -> None:
+    model, motion = files
+    encoder, image = sparsectrl_file
+    base = {"dreambooth_path": str(model), "motion_module": str(motion), "prompt": ["x"], "steps": 1, "L": 4}
+    cases = [
+        ({"controlnet_path": str(encoder)}, "without controlnet_images"),
+        ({"controlnet_images": [str(image)]}, "without controlnet_path"),
+        ({"controlnet_path": str(encoder), "controlnet_images": [str(image)], "controlnet_image_indexs": [0, 3]},
+         "1 controlnet_images but 2 controlnet_image_indexs"),
+    ]
+    for extra, message in cases:
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump([{**base, **extra}]))
+        assert main(["run", str(path)]) == 2
+        assert message in capsys.readouterr().err
+    code = main(["generate", "x", "--model", str(model), "--motion-module", str(motion), "--frames", "4", "--steps", "1",
+                 "--control", "sketch", "--control-model", str(encoder), "--keyframe", f"0:{image}",
+                 "-o", str(tmp_path / "s.gif")])
+    assert code == 2 and "is a rgb SparseCtrl encoder; use --control rgb" in capsys.readouterr().err

@@ -315,6 +315,58 @@ def test_from_scratch_vae_then_image_model_round_trip(tmp_path) -> None:
         assert all(torch.equal(value, reference[key]) for key, value in getattr(model, part).state_dict().items()), part
 
 
+def test_vae_initial_logvar_starts_a_near_deterministic_posterior(tmp_path) -> None:
+    vae_arguments = dict(
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+        block_out_channels=[8, 16], layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=SIZE,
+    )
+    pixels = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
+    stds = {}
+    for initial in (None, -7.0):
+        architecture = {"vae": vae_arguments, "vae_initial_logvar": initial}
+        config = load_train_config({"stage": "vae", "output_dir": str(tmp_path / str(initial)), "steps": 1,
+                                    "model": {"architecture": architecture}})
+        vae = Trainer(config, dataset=TensorClips(image=True)).model.image_model.vae
+        with torch.no_grad():
+            stds[initial] = vae.encode(pixels).latent_dist.std
+    assert stds[None].mean() > 0.5  # diffusers' init: logvar near 0
+    assert torch.allclose(stds[-7.0], torch.full_like(stds[-7.0], math.exp(-3.5)), rtol=0.5)
+
+
+def test_calibrated_scaling_factor_gives_unit_variance_latents(tmp_path) -> None:
+    vae_arguments = dict(
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+        block_out_channels=[8, 16], layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=SIZE,
+    )
+    config = load_train_config({"stage": "vae", "output_dir": str(tmp_path / "vae"), "steps": 1, "batch_size": 2,
+                                "calibrate_scaling_factor": True, "checkpoint_every": 0,
+                                "model": {"architecture": {"vae": vae_arguments}}})
+    dataset = TensorClips(image=True)
+    from zoetrope.training.checkpoint import load_vae_file
+
+    exported = load_vae_file(Trainer(config, dataset=dataset).fit())
+    pixels = torch.stack([dataset[index]["pixel_values"] for index in range(len(dataset))])
+    with torch.no_grad():
+        means = exported.encode(pixels).latent_dist.mean
+    assert exported.config.scaling_factor != 1.0
+    assert float((means * exported.config.scaling_factor).std()) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_latent_sample_false_trains_on_the_posterior_mean(files, tmp_path) -> None:
+    pixels = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
+    latents = {}
+    for sample in (True, False):
+        trainer = Trainer(make_config(files, tmp_path / str(sample), "image", latent_sample=sample),
+                          dataset=TensorClips(image=True))
+        vae = trainer.model.image_model.vae
+        latents[sample] = [trainer._latents(pixels) for _ in range(2)]
+        with torch.no_grad():
+            mean = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+    assert torch.allclose(latents[False][0], latents[False][1])
+    assert torch.allclose(latents[False][0][0, :, 0], mean[0], atol=1e-5)
+    assert not torch.allclose(latents[True][0], latents[True][1])
+
+
 def test_gradient_checkpointing_and_bf16_autocast(files, tmp_path) -> None:
     data = TensorClips(count=1)
     batch = collate([data[0]])

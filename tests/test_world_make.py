@@ -15,7 +15,7 @@ from zoetrope.errors import InputError
 from zoetrope.media import read_video
 from zoetrope.world.make import FIRST_VIDEO_ID, PRESETS, make_preset, make_world, read_clip_specs
 from zoetrope.world.metrics import classify_camera, classify_motion
-from zoetrope.world.render import WorldConfig, caption, parse_caption
+from zoetrope.world.render import WorldConfig, caption, parse_caption, render_clip
 
 CONFIG = WorldConfig(num_frames=8)
 
@@ -91,6 +91,23 @@ def test_camera_and_style_sets(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in styled.images_metadata.read_text().splitlines()]
     assert len(rows) == 2 and all(row["text"].endswith(", in zxq style") for row in rows)
     assert set(PRESETS) >= {"base", "zoom-in", "zoom-out", "pan-left", "pan-right", "pastel", "striped"}
+
+
+def test_images_of_moving_things_carry_motion_captions(tmp_path: Path) -> None:
+    files = make_world(tmp_path / "m", CONFIG, num_clips=0, num_images=24, seed=3, progress=False, image_motion_fraction=0.5)
+    rows = read_clip_specs(files.images_metadata)
+    moving = [(text, spec) for _, text, spec in rows if parse_caption(text).motion is not None]
+    assert 4 <= len(moving) <= 20 and len(moving) < len(rows)
+    for text, spec in moving:  # the caption names the spec's motion; the picture is that clip's first frame
+        assert parse_caption(text).motion == spec.motion and text == caption(spec)
+    for text, spec in ((t, s) for _, t, s in rows if parse_caption(t).motion is None):
+        assert spec.motion == "still" and text == caption(spec, video=False)
+    name, _, spec = next(row for row in rows if row[2].motion != "still")
+    first = render_clip(spec, CONFIG, video_domain=False)[0]
+    assert np.array_equal(np.asarray(Image.open(files.root / "images" / name).convert("RGB")), first)
+    assert PRESETS["base"].image_motion_fraction > 0 and PRESETS["zoom-in"].num_images == 0
+    with pytest.raises(InputError, match="image_motion_fraction"):
+        make_world(tmp_path / "bad", CONFIG, num_images=1, num_clips=0, progress=False, image_motion_fraction=2.0)
 
 
 def test_user_errors(world: Path, tmp_path: Path) -> None:

@@ -192,8 +192,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _control(args: argparse.Namespace, pipeline):
-    from zoetrope.formats.sparsectrl import load_sparse_control
-    from zoetrope.pipelines.image_to_video import parse_keyframe, prepare_control
+    from zoetrope.pipelines.image_to_video import parse_keyframe
 
     path = args.control_model
     if path is None:
@@ -202,16 +201,30 @@ def _control(args: argparse.Namespace, pipeline):
         path = bundled_files().get(f"sparsectrl_{args.control}")
         if path is None:
             raise ConfigError(f"--control {args.control}: give the encoder file with --control-model PATH")
-    encoder = load_sparse_control(path, pipeline.video_unet.image_unet).to(device=pipeline.device, dtype=pipeline.dtype).eval()
-    expected = 4 if args.control == "rgb" else 3
-    if encoder.config.conditioning_channels != expected:
-        raise ConfigError(f"--control {args.control}: {path} is a {encoder.config.condition} SparseCtrl encoder; use --control {encoder.config.condition}")
     keyframes = [parse_keyframe(item) for item in args.keyframe]
     size = pipeline.video_unet.config.sample_size * pipeline.vae_scale
-    return prepare_control(
-        pipeline, encoder, keyframes, args.frames, args.width or size, args.height or size, scale=args.control_scale,
-        normalize=args.normalize_sketch,
+    return _sparse_control(
+        pipeline, path, keyframes, args.frames, args.width or size, args.height or size, scale=args.control_scale,
+        normalize=args.normalize_sketch, condition=args.control, option="--control",
     )
+
+
+def _sparse_control(
+    pipeline, path, keyframes, num_frames: int, width: int, height: int, scale: float, normalize: bool,
+    condition: str | None, option: str,
+):
+    """Load a SparseCtrl encoder for `pipeline` and build its keyframe condition (shared by `generate` and `run`).
+
+    `condition` is what the caller asked for ("rgb"/"sketch", None = whatever the file is); a mismatch is an error
+    naming the right option, because an RGB encoder fed edge maps (or the reverse) gives silent garbage.
+    """
+    from zoetrope.formats.sparsectrl import load_sparse_control
+    from zoetrope.pipelines.image_to_video import prepare_control
+
+    encoder = load_sparse_control(path, pipeline.video_unet.image_unet).to(device=pipeline.device, dtype=pipeline.dtype).eval()
+    if condition is not None and encoder.config.condition != condition:
+        raise ConfigError(f"{option} {condition}: {path} is a {encoder.config.condition} SparseCtrl encoder; use {option} {encoder.config.condition}")
+    return prepare_control(pipeline, encoder, keyframes, num_frames, width, height, scale=scale, normalize=normalize)
 
 
 # --------------------------------------------------------------------------- run (official prompt configs)
@@ -220,6 +233,7 @@ OFFICIAL_FIELDS = {
     "adapter_lora_path", "adapter_lora_scale", "seed", "steps", "guidance_scale", "prompt", "n_prompt", "W", "H", "L",
     "inference_config", "base", "path", "domain_lora_scale", "scheduler", "fps",
     "controlnet_config", "controlnet_path", "controlnet_images", "controlnet_image_indexs", "normalize_condition_images",
+    "controlnet_conditioning_scale",
 }
 
 
@@ -232,6 +246,36 @@ def _entries(document: object, source: Path) -> list[tuple[str, dict]]:
     if isinstance(document, dict):
         return [("0", document)]
     raise ConfigError(f"{source}: expected a list of prompt entries (official AnimateDiff prompt config)")
+
+
+def _official_keyframes(entry: dict, source: Path, name: str) -> list[tuple[int, Path]]:
+    """SparseCtrl keyframes of an official prompt entry: `controlnet_images` at `controlnet_image_indexs`.
+
+    Relative image paths are read relative to the config file's folder first, then to the working directory
+    (official configs name them from the repository root). Indices default to 0, 1, ... as in the official script.
+    """
+    images = entry.get("controlnet_images") or []
+    if not entry.get("controlnet_path"):
+        if images:
+            raise ConfigError(f"{source}: entry {name}: controlnet_images without controlnet_path; add the SparseCtrl encoder file")
+        return []
+    images = [images] if isinstance(images, str) else list(images)
+    if not images:
+        raise ConfigError(f"{source}: entry {name}: controlnet_path without controlnet_images; list the keyframe images")
+    indices = entry.get("controlnet_image_indexs", list(range(len(images))))
+    indices = [indices] if isinstance(indices, int) else list(indices)
+    if len(indices) != len(images):
+        raise ConfigError(
+            f"{source}: entry {name}: {len(images)} controlnet_images but {len(indices)} controlnet_image_indexs; "
+            "give one frame index per image"
+        )
+    keyframes = []
+    for index, image in zip(indices, images):
+        path = Path(image)
+        if not path.is_absolute() and (source.parent / path).exists():
+            path = source.parent / path
+        keyframes.append((int(index), path))
+    return keyframes
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -250,8 +294,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         unknown = sorted(set(entry) - OFFICIAL_FIELDS)
         if unknown:
             raise ConfigError(f"{source}: entry {name}: unknown field(s) {unknown}; known fields: {sorted(OFFICIAL_FIELDS)}")
-        if entry.get("controlnet_path"):
-            raise ConfigError(f"{source}: entry {name}: SparseCtrl fields need `zoetrope generate --control` (see README)")
+        keyframes = _official_keyframes(entry, source, name)
         model = entry.get("dreambooth_path") or args.model
         motion_modules = entry.get("motion_module") or args.motion_module
         motion_modules = motion_modules if isinstance(motion_modules, list) else [motion_modules]
@@ -273,14 +316,25 @@ def cmd_run(args: argparse.Namespace) -> int:
                 model, motion_module, motion_loras=motion_loras, loras=loras, adapter=adapter,
                 dtype=_dtype(args.dtype), device=_device(args.device),
             )
+            num_frames = int(entry.get("L", args.frames))
+            control = None
+            if keyframes:
+                size = pipeline.video_unet.config.sample_size * pipeline.vae_scale
+                control = _sparse_control(
+                    pipeline, Path(entry["controlnet_path"]), keyframes, num_frames, entry.get("W") or size,
+                    entry.get("H") or size, scale=float(entry.get("controlnet_conditioning_scale", 1.0)),
+                    normalize=bool(entry.get("normalize_condition_images", False)), condition=None,
+                    option=f"{source}: entry {name}: controlnet_path",
+                )
             for index, prompt in enumerate(prompts):
                 result = generate(
                     pipeline, prompt, negative_prompt=negatives[index % len(negatives)],
-                    num_frames=int(entry.get("L", args.frames)), width=entry.get("W"), height=entry.get("H"),
+                    num_frames=num_frames, width=entry.get("W"), height=entry.get("H"),
                     steps=int(entry.get("steps", 25)), guidance_scale=float(entry.get("guidance_scale", 7.5)),
-                    seed=int(seeds[index % len(seeds)]), scheduler=entry.get("scheduler", "ddim"),
+                    seed=int(seeds[index % len(seeds)]), scheduler=entry.get("scheduler", "ddim"), control=control,
                 )
-                path = out_dir / f"{name}-{index}-{_slug(prompt)}{args.format}"
+                stem = f"{name}-{index}-{_slug(prompt)}"
+                path = out_dir / (stem if args.format == ".png" else stem + args.format)  # .png: a folder of frames
                 save(result, path, fps=int(entry.get("fps", args.fps)))
                 print(f"wrote {path} (seed {result.settings.seeds[0]})")
                 used.append({**entry, "prompt": prompt, "random_seed": result.settings.seeds[0]})
@@ -434,9 +488,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _attach_negative_values(argv: Sequence[str]) -> list[str]:
+    """`--keyframe -1:last.png` -> `--keyframe=-1:last.png`.
+
+    argparse reads any word starting with "-" (other than a plain negative number) as an option, so the last-frame
+    keyframe of an interpolation would fail with "expected one argument" unless written with "=".
+    """
+    words = list(argv)
+    for index in range(len(words) - 1, 0, -1):
+        if words[index - 1] in NEGATIVE_INDEX_OPTIONS and re.match(r"-\d", words[index]):
+            words[index - 1 : index + 1] = [f"{words[index - 1]}={words[index]}"]
+    return words
+
+
+NEGATIVE_INDEX_OPTIONS = ("--keyframe", "--prompt-at", "--negative-at")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_negative_values(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("diffusers", "transformers", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)

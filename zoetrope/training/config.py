@@ -27,11 +27,18 @@ class ArchitectureConfig:
     `unet` and `vae` are diffusers `UNet2DConditionModel` / `AutoencoderKL` keyword arguments, `text_encoder` is a
     transformers `CLIPTextConfig`. A part left empty is not built here (it comes from `model.image_model` or
     `model.vae`).
+
+    `vae_initial_logvar` starts a scratch VAE's posterior log-variance there (the bias of the log-variance half of
+    `quant_conv`) instead of near 0. Why: with SD's KL weight (1e-6) the posterior std only shrinks as fast as the
+    decoder learns to need it, which takes far longer than a CPU-minutes run; a VAE stopped early then hands the
+    diffusion stages latents whose sampling noise (std ~0.7) is as large as their spread. Starting at e.g. -7
+    (std 0.03) gives near-deterministic latents from step 0; the KL term still keeps them from growing unbounded.
     """
 
     unet: dict[str, Any] = field(default_factory=dict)
     vae: dict[str, Any] = field(default_factory=dict)
     text_encoder: dict[str, Any] = field(default_factory=dict)
+    vae_initial_logvar: Optional[float] = None
 
 
 @dataclass
@@ -118,6 +125,12 @@ class TrainConfig:
     output) or `kind: images` (`metadata.jsonl` + pictures); its other keys go strictly to the dataset's config
     (`zoetrope.training.data`). `batch_size` is per process and per micro-batch: one optimizer step sees
     `batch_size * grad_accumulation * world_size` samples.
+
+    `latent_sample`: diffusion stages train on a draw from the VAE posterior (LDM; right for SD's VAE, whose
+    posterior std is tiny) or, when false, on its mean (for a VAE trained briefly, whose posterior noise is as wide
+    as the latents themselves). `calibrate_scaling_factor` (`vae` stage): before export, set the VAE's
+    `scaling_factor` to 1 / std of its latent means on the training data, so diffusion sees unit-variance latents
+    (LDM, Rombach et al. 2022, §4.3.2: how SD's 0.18215 was found).
     """
 
     stage: StageName
@@ -144,6 +157,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     caption_dropout: float = 0.1
     kl_weight: float = 1e-6
+    latent_sample: bool = True
+    calibrate_scaling_factor: bool = False
     seed: int = 42
     num_workers: int = 0
     vae_chunk_size: int = 16

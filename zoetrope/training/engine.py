@@ -35,7 +35,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from zoetrope.config import load_config, save_config
@@ -360,7 +360,9 @@ class Trainer:
         frames = rearrange(pixels, "f c h w -> 1 c f h w") if pixels.ndim == 4 else rearrange(pixels, "c h w -> 1 c 1 h w")
         frames = (frames.to(self.device, torch.float32) + 1) / 2
         with torch.no_grad(), self.autocast():
-            latents = encode_frames(self.model.image_model.vae, frames, self.config.vae_chunk_size, self.generator)
+            latents = encode_frames(
+                self.model.image_model.vae, frames, self.config.vae_chunk_size, self.generator, self.config.latent_sample
+            )
         return latents.float()
 
     def diffusion_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
@@ -495,6 +497,8 @@ class Trainer:
         self.checkpoint()
         final = None
         if self.step >= config.steps:
+            if config.calibrate_scaling_factor:
+                self.calibrate_scaling_factor()
             final = self.export(self.output / self.stage.export_name(config))
         self.dist.barrier()
         if self.dist.is_main:
@@ -515,6 +519,29 @@ class Trainer:
         }
         self.metrics.write(values)
         logger.info("step %d: loss %.5f, lr %.3g, grad norm %.3g", self.step, loss, values["lr"], grad_norm)
+
+    def calibrate_scaling_factor(self, max_samples: int = 512) -> float:
+        """Set the VAE's `scaling_factor` to 1 / std of its latent means over up to `max_samples` training items.
+
+        Every rank measures the same items (the first ones of the dataset), so all ranks agree without a collective.
+        """
+        vae = self.model.image_model.vae
+        count = min(len(self.dataset), max_samples)
+        loader = DataLoader(
+            Subset(self.dataset, range(count)), batch_size=self.config.batch_size, collate_fn=collate
+        )
+        means = []
+        with torch.no_grad():
+            for batch in loader:
+                pixels = batch["pixel_values"].to(self.device, torch.float32)
+                pixels = pixels.flatten(0, 1) if pixels.ndim == 5 else pixels
+                means.append(vae.encode(pixels).latent_dist.mean.float().cpu())
+        std = float(torch.cat(means).std())
+        if not math.isfinite(std) or std <= 0:
+            raise ConfigError(f"calibrate_scaling_factor: latent std {std} on {count} samples; the VAE is degenerate")
+        vae.register_to_config(scaling_factor=1.0 / std)
+        logger.info("VAE latent std %.4f on %d samples: scaling_factor = %.4f", std, count, 1.0 / std)
+        return 1.0 / std
 
     # ------------------------------------------------------------------ export, checkpoint, resume
     def export(self, path: Path) -> Path | None:

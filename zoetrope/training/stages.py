@@ -416,6 +416,8 @@ def _scratch_parts(architecture: ArchitectureConfig) -> dict[str, nn.Module]:
             from diffusers import AutoencoderKL
 
             parts["vae"] = AutoencoderKL(**architecture.vae)
+            if architecture.vae_initial_logvar is not None:
+                _set_initial_logvar(parts["vae"], architecture.vae_initial_logvar)
         if architecture.text_encoder:
             from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -423,6 +425,20 @@ def _scratch_parts(architecture: ArchitectureConfig) -> dict[str, nn.Module]:
     except (TypeError, ValueError) as error:
         raise ConfigError(f"model.architecture: cannot build a part from the given arguments ({error})") from error
     return parts
+
+
+def _set_initial_logvar(vae: nn.Module, logvar: float) -> None:
+    """Start the posterior log-variance of a fresh AutoencoderKL at `logvar` (see `ArchitectureConfig`).
+
+    The encoder emits (mean, logvar) stacked on channels and `quant_conv` (when present) mixes them; the bias of its
+    second half is the log-variance's offset. The weights of that half are scaled down so the start is `logvar`
+    give or take a little, not `logvar` plus the same spread as the means.
+    """
+    layer = vae.quant_conv if getattr(vae, "quant_conv", None) is not None else vae.encoder.conv_out
+    latent_channels = layer.out_channels // 2
+    with torch.no_grad():
+        layer.weight[latent_channels:].mul_(0.1)
+        layer.bias[latent_channels:].fill_(float(logvar))
 
 
 def build_image_model(config: TrainConfig, stage: Stage) -> ImageModel:

@@ -32,10 +32,13 @@ BUNDLED_FILES: dict[str, str] = {
     "domain_adapter": "domain_adapter.safetensors",
     "motion_lora_zoom_in": "motion_lora_zoom_in.safetensors",
     "motion_lora_pan_left": "motion_lora_pan_left.safetensors",
+    "sparsectrl_rgb": "sparsectrl_rgb.safetensors",
+    "sparsectrl_sketch": "sparsectrl_sketch.safetensors",
 }
 """Role -> file name in `zoetrope/assets/world/`. `model` + `motion_module` are what `zoetrope generate` uses by
-default; the personalised model (pastel style, trigger "zxq"), the domain adapter and the two MotionLoRAs are there
-to try the other AnimateDiff parts without downloading anything."""
+default; the personalised model (pastel style, trigger "zxq"), the domain adapter, the two MotionLoRAs and the two
+SparseCtrl encoders (`generate --control rgb|sketch` with no `--control-model`) are there to try the other
+AnimateDiff parts without downloading anything."""
 
 SIZE_LIMIT_BYTES = 40 * 1024 * 1024
 """The bundle's budget (issue 3): everything under `zoetrope/assets/world/` together."""

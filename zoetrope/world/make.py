@@ -57,21 +57,32 @@ class WorldPreset:
     camera: str | None = None
     style: str | None = None
     description: str = ""
+    image_motion_fraction: float = 0.0
 
 
 PRESETS: dict[str, WorldPreset] = {
-    "base": WorldPreset(500, 500, description="motion-module and domain-adapter data: 8 object motions, no camera"),
+    "base": WorldPreset(
+        500,
+        500,
+        description="motion-module and domain-adapter data: 8 object motions, no camera",
+        image_motion_fraction=0.75,
+    ),
     "zoom-in": WorldPreset(50, 0, ("still",), camera="zoom in", description="MotionLoRA data: camera zooming in"),
     "zoom-out": WorldPreset(50, 0, ("still",), camera="zoom out", description="MotionLoRA data: camera zooming out"),
     "pan-left": WorldPreset(50, 0, ("still",), camera="pan left", description="MotionLoRA data: camera panning left"),
     "pan-right": WorldPreset(
         50, 0, ("still",), camera="pan right", description="MotionLoRA data: camera panning right"
     ),
-    "pastel": WorldPreset(0, 200, style="pastel", description="personalised image set: pastel palette, trigger zxq"),
-    "striped": WorldPreset(0, 200, style="striped", description="personalised image set: striped fill, trigger vkw"),
+    "pastel": WorldPreset(
+        0, 200, style="pastel", description="personalised image set: pastel palette, trigger zxq", image_motion_fraction=0.75
+    ),
+    "striped": WorldPreset(
+        0, 200, style="striped", description="personalised image set: striped fill, trigger vkw", image_motion_fraction=0.75
+    ),
 }
 """The standard sets: `base` for stages 1-2, one per camera motion for MotionLoRA, one per style for the
-personalised (DreamBooth stand-in) image model."""
+personalised (DreamBooth stand-in) image model. Their images have motion captions (`image_motion_fraction`, see
+`make_world`)."""
 
 
 @dataclass(frozen=True)
@@ -97,11 +108,20 @@ def make_world(
     style: str | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    image_motion_fraction: float = 0.0,
 ) -> WorldFiles:
     """Render `num_clips` video-domain clips and `num_images` clean images and write them in the layout above.
 
     `motions` defaults to `config.motions` (the eight base motions), or to ("still",) when `camera` is set, so a
-    MotionLoRA set shows the camera move and nothing else. Deterministic: the same
+    MotionLoRA set shows the camera move and nothing else.
+
+    `image_motion_fraction` of the images are stills *of something moving*: the first frame of a clip with one of
+    `config.motions`, captioned with its motion ("a red square moving left on a grey background"), like the LAION
+    photos of a running dog that SD is trained on. Why: the motion module has no text input of its own; it reads
+    the motion from the image UNet's features, which carry the motion words only if the image model learned to
+    attend to them. Without such captions the base model never sees "moving left" and the motion words reach the
+    motion module as untrained embeddings. The first frame also carries a real, weak cue (a clip moving left starts
+    on the right, one growing starts small). The rest are captioned without motion. Deterministic: the same
     arguments write byte-identical CSV/JSONL and pixel-identical frames. Refuses to write into a folder that
     already holds a world unless `overwrite=True`.
     """
@@ -122,6 +142,8 @@ def make_world(
     )
     if not overwrite and (files.videos_csv.exists() or files.images_metadata.exists()):
         raise InputError(f"{root}: already holds a shapes world; choose an empty folder or pass overwrite=True")
+    if not 0.0 <= image_motion_fraction <= 1.0:
+        raise InputError(f"make_world: image_motion_fraction={image_motion_fraction}; expected a fraction in [0, 1]")
     if motions is None:
         motions = ("still",) if camera is not None else config.motions
 
@@ -159,10 +181,12 @@ def make_world(
             (root / "images").mkdir(parents=True, exist_ok=True)
             image_rows = []
             for index in range(num_images):
-                spec = sample_clip_spec(image_rng, config, motions=("still",), style=style)
+                moving = bool(image_rng.random() < image_motion_fraction)
+                image_motions = config.motions if moving else ("still",)
+                spec = sample_clip_spec(image_rng, config, motions=image_motions, style=style)
                 file_name = f"{index:06d}.png"
                 Image.fromarray(render_image(spec, config)).save(root / "images" / file_name)
-                image_rows.append({"file_name": file_name, "text": caption(spec, video=False), **spec.to_dict()})
+                image_rows.append({"file_name": file_name, "text": caption(spec, video=moving), **spec.to_dict()})
                 bar.update(1)
             _write_jsonl(files.images_metadata, image_rows)
     finally:
@@ -175,6 +199,7 @@ def make_world(
         "motions": list(motions),
         "camera": camera if camera is None or isinstance(camera, str) else list(camera),
         "style": style,
+        "image_motion_fraction": image_motion_fraction,
         "config": {key: list(value) if isinstance(value, tuple) else value for key, value in vars(config).items()},
     }
     (root / "world.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -206,6 +231,7 @@ def make_preset(
         style=preset.style,
         progress=progress,
         overwrite=overwrite,
+        image_motion_fraction=preset.image_motion_fraction,
     )
 
 
