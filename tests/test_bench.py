@@ -20,3 +20,18 @@ def test_bench_gpu_tiny_cpu_reports_times_ratio_and_equal_latents() -> None:
     assert re.search(r"speed-up .*: [\d.]+x", out) and "TFLOP" in out
     difference = float(re.search(r"max \|diff\| ([\d.e+-]+)", out).group(1))
     assert difference < 1e-3
+
+
+def test_text_conditioning_probe_hears_colour_words_in_the_bundled_model() -> None:
+    """The probe sees the words the bundled model uses: colour (~18 % change) and shape (~11 %)."""
+    import importlib.util
+
+    from zoetrope.world.bundled import bundled_paths
+
+    spec = importlib.util.spec_from_file_location("probe", ROOT / "bench" / "probe_text_conditioning.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    changes = probe.prediction_changes(str(bundled_paths()[0]), samples=2)
+    assert set(changes) == set(probe.PAIRS)
+    assert changes["red -> blue"] > 0.05 and changes["circle -> star"] > 0.03
+    assert all(0.0 <= change < 2.0 for change in changes.values())

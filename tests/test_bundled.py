@@ -37,7 +37,7 @@ def test_each_bundled_file_is_the_kind_its_role_says() -> None:
         "sparsectrl_sketch": "sparsectrl",
     }
     assert {role: inspect_file(path).kind for role, path in files.items()} == expected
-    assert inspect_file(files["sparsectrl_sketch"]).details["condition"] == "sketch"
+    assert inspect_file(files["sparsectrl_sketch"]).details["condition"].startswith("sketch")
     assert bundled_paths() == (files["model"], files["motion_module"])
 
 
@@ -66,8 +66,8 @@ def test_install_bundle_stores_half_precision_and_keeps_metadata(tmp_path) -> No
 
 
 @pytest.mark.xfail(
-    reason="the bundled model of this training run misses its fidelity targets (docs/world-training.md): "
-    "colour accuracy 12.5%, shape 29%, motion 21% on the base suite", strict=True
+    reason="the bundled model misses its fidelity targets (docs/world-training.md): colour 71%, shape 38%, "
+    "motion 8% on the base suite (left/right does not reach the motion module)", strict=True
 )
 def test_generate_with_no_model_argument_makes_the_prompted_clip(tmp_path, monkeypatch) -> None:
     """The README's first command, offline and on the CPU: the clip must show a red circle moving right."""
