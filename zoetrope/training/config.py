@@ -29,10 +29,10 @@ class ArchitectureConfig:
     `model.vae`).
 
     `vae_initial_logvar` starts a scratch VAE's posterior log-variance there (the bias of the log-variance half of
-    `quant_conv`) instead of near 0. Why: with SD's KL weight (1e-6) the posterior std only shrinks as fast as the
-    decoder learns to need it, which takes far longer than a CPU-minutes run; a VAE stopped early then hands the
-    diffusion stages latents whose sampling noise (std ~0.7) is as large as their spread. Starting at e.g. -7
-    (std 0.03) gives near-deterministic latents from step 0; the KL term still keeps them from growing unbounded.
+    `quant_conv`) instead of near 0, so the decoder learns on near-deterministic latents from step 0. It does not
+    keep them there: Adam rescales even SD's tiny KL gradient (weight 1e-6) to a learning-rate-sized step, and on the
+    shapes world the std drifted from 0.03 back up to 0.24-0.70 in 800 steps. A briefly trained VAE therefore also
+    wants `latent_sample: false` in the diffusion stages (docs/world-training.md).
     """
 
     unet: dict[str, Any] = field(default_factory=dict)
