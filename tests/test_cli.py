@@ -198,3 +198,18 @@ def test_run_sparsectrl_entry_errors(files, sparsectrl_file, tmp_path, capsys) -
                  "--control", "sketch", "--control-model", str(encoder), "--keyframe", f"0:{image}",
                  "-o", str(tmp_path / "s.gif")])
     assert code == 2 and "is a rgb SparseCtrl encoder; use --control rgb" in capsys.readouterr().err
+
+
+def test_eval_scores_style_when_the_suffix_is_a_style_trigger(files, tmp_path) -> None:
+    from zoetrope.cli import _scored_prompt
+
+    prompt = "a red circle moving left on a grey background"
+    assert _scored_prompt(f"{prompt}, in zxq style", "in zxq style") == f"{prompt}, in zxq style"
+    assert _scored_prompt(f"{prompt}, high quality", "high quality") == prompt
+    model, motion = files
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(model), "--motion-module", str(motion), "--limit", "2", "--frames", "4",
+                 "--steps", "1", "--suffix", "in zxq style", "-o", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert len(results["clips"]) == 2
+    assert all(row["style_correct"] is not None for row in results["clips"])  # style is scored, not n/a

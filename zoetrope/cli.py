@@ -384,6 +384,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scored_prompt(prompt: str, suffix: str) -> str:
+    """The prompt the metrics score a clip against: with `suffix` when the world's caption grammar reads it (a style
+    trigger, ", in zxq style": then style accuracy is measured), without it otherwise (free text the metrics cannot
+    check, e.g. "high quality")."""
+    from zoetrope.errors import InputError
+    from zoetrope.world.render import parse_caption
+
+    if not suffix:
+        return prompt
+    try:
+        parse_caption(prompt)
+        return prompt
+    except InputError:
+        return prompt.replace(f", {suffix}", "")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from zoetrope.media import frames_to_uint8
     from zoetrope.pipelines.load import load_pipeline
@@ -403,7 +419,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             negative_prompt=args.negative, progress=False, motion_strength=args.motion_strength,
         )
         clips += [frames_to_uint8(video) for video in result.frames]
-        used_prompts += [p.replace(f", {args.suffix}", "") if args.suffix else p for p in prompts]
+        used_prompts += [_scored_prompt(p, args.suffix) for p in prompts]
     results = evaluate_clips(clips, used_prompts)
     results["settings"] = {k: v for k, v in vars(args).items() if k != "handler"}
     print(format_table(results))
