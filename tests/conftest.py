@@ -128,3 +128,17 @@ def all_tensors(trainer) -> dict:
         for part, module in trainer.model.modules().items()
         for name, parameter in module.named_parameters()
     }
+
+
+@pytest.fixture(scope="module")
+def training_files(tmp_path_factory) -> dict[str, str]:
+    """A tiny SD1.5-shaped single file and a tiny (non-zero) official-layout motion module on disk, by role
+    (`base`, `motion`): what the training tests point their configs at."""
+    from zoetrope.formats.motion import save_motion_module
+    from zoetrope.formats.sd_single_file import save_sd_single_file
+
+    folder = tmp_path_factory.mktemp("models")
+    model = make_tiny_image_model()
+    save_sd_single_file(model.unet, model.vae, model.text_encoder, folder / "base.safetensors")
+    save_motion_module(make_tiny_motion_modules(), folder / "motion.safetensors")
+    return {"base": str(folder / "base.safetensors"), "motion": str(folder / "motion.safetensors")}

@@ -9,11 +9,10 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from conftest import TINY_UNET, all_tensors, make_tiny_image_model, make_tiny_motion_modules, merge_config_values
+from conftest import TINY_UNET, all_tensors, merge_config_values
 from zoetrope.errors import CheckpointError, ConfigError
-from zoetrope.formats.motion import load_motion_module, save_motion_module
+from zoetrope.formats.motion import load_motion_module
 from zoetrope.formats.safe_load import load_state_dict
-from zoetrope.formats.sd_single_file import save_sd_single_file
 from zoetrope.models.video_unet import VideoUNet
 from zoetrope.training.checkpoint import latest_checkpoint, list_checkpoints, load_training_state
 from zoetrope.training.config import load_train_config
@@ -39,21 +38,11 @@ class TensorClips(Dataset):
         return {"pixel_values": pixels, "text": f"a red circle number {index}"}
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """A tiny SD1.5-shaped single file and a tiny (non-zero) official-layout motion module on disk."""
-    folder = tmp_path_factory.mktemp("models")
-    model = make_tiny_image_model()
-    save_sd_single_file(model.unet, model.vae, model.text_encoder, folder / "base.safetensors")
-    save_motion_module(make_tiny_motion_modules(), folder / "motion.safetensors")
-    return {"base": str(folder / "base.safetensors"), "motion": str(folder / "motion.safetensors")}
-
-
-def make_config(files, tmp_path, stage: str, **changes):
+def make_config(training_files, tmp_path, stage: str, **changes):
     values = {
         "stage": stage,
         "output_dir": str(tmp_path / stage),
-        "model": {"image_model": files["base"], "motion": {"num_attention_heads": 4, "norm_num_groups": 8}},
+        "model": {"image_model": training_files["base"], "motion": {"num_attention_heads": 4, "norm_num_groups": 8}},
         "steps": 4,
         "batch_size": 1,
         "lr": 1e-3,
@@ -63,7 +52,7 @@ def make_config(files, tmp_path, stage: str, **changes):
         "lora": {"rank": 2},
     }
     if stage == "motion-lora":
-        values["model"]["motion_module"] = files["motion"]
+        values["model"]["motion_module"] = training_files["motion"]
     if stage == "personalize":
         values["method"] = "lora"
     return load_train_config(merge_config_values(values, changes))
@@ -111,8 +100,8 @@ EXPECTED_TRAINED = {
 
 
 @pytest.mark.parametrize("stage", list(EXPECTED_TRAINED))
-def test_only_the_stage_parameters_require_grad_and_change(files, tmp_path, stage) -> None:
-    trainer = Trainer(make_config(files, tmp_path, stage), dataset=TensorClips(image=is_image(stage)))
+def test_only_the_stage_parameters_require_grad_and_change(training_files, tmp_path, stage) -> None:
+    trainer = Trainer(make_config(training_files, tmp_path, stage), dataset=TensorClips(image=is_image(stage)))
     before = all_tensors(trainer)
     requiring = {
         f"{part}.{name}"
@@ -134,16 +123,16 @@ def test_only_the_stage_parameters_require_grad_and_change(files, tmp_path, stag
         assert {name.rsplit(".", 1)[-1] for name in targets} == {"to_q", "to_k", "to_v", "0"}
 
 
-def test_missing_motion_module_for_motion_lora_is_a_config_error(files, tmp_path) -> None:
-    config = make_config(files, tmp_path, "motion")
+def test_missing_motion_module_for_motion_lora_is_a_config_error(training_files, tmp_path) -> None:
+    config = make_config(training_files, tmp_path, "motion")
     config.stage = "motion-lora"
     with pytest.raises(ConfigError, match="model.motion_module"):
         Trainer(config, dataset=TensorClips())
 
 
-def test_batch_smaller_than_data_share_is_a_config_error(files, tmp_path) -> None:
+def test_batch_smaller_than_data_share_is_a_config_error(training_files, tmp_path) -> None:
     with pytest.raises(ConfigError, match="batch_size=8"):
-        Trainer(make_config(files, tmp_path, "motion", batch_size=8), dataset=TensorClips(count=4))
+        Trainer(make_config(training_files, tmp_path, "motion", batch_size=8), dataset=TensorClips(count=4))
 
 
 # ---------------------------------------------------------------------------------------------------- exports
@@ -155,8 +144,8 @@ def _video_forward(unet: VideoUNet) -> torch.Tensor:
         return unet(sample, torch.tensor([500]), text)
 
 
-def test_motion_export_round_trips_through_load_motion_module(files, tmp_path) -> None:
-    config = make_config(files, tmp_path, "motion", steps=2)
+def test_motion_export_round_trips_through_load_motion_module(training_files, tmp_path) -> None:
+    config = make_config(training_files, tmp_path, "motion", steps=2)
     trainer = Trainer(config, dataset=TensorClips())
     exported = trainer.fit()
     assert exported.name == "motion_module.safetensors"
@@ -176,23 +165,23 @@ def test_motion_export_round_trips_through_load_motion_module(files, tmp_path) -
     assert (config.output_path / "metrics.csv").read_text().count("\n") == 3  # header + 2 steps
 
 
-def test_lora_exports_round_trip(files, tmp_path) -> None:
+def test_lora_exports_round_trip(training_files, tmp_path) -> None:
     from zoetrope.formats.lora_files import load_domain_adapter, load_motion_lora
 
     # MotionLoRA: loading the export onto a fresh copy of the base motion module reproduces the trained output.
-    trainer = Trainer(make_config(files, tmp_path, "motion-lora", steps=2, lr=1e-2), dataset=TensorClips())
+    trainer = Trainer(make_config(training_files, tmp_path, "motion-lora", steps=2, lr=1e-2), dataset=TensorClips())
     exported = trainer.fit()
     trained_unet = trainer.model.video_unet.eval()
     expected = _video_forward(trained_unet)
     trainer.model.networks["motion"].detach()
     assert not torch.allclose(_video_forward(trained_unet), expected, atol=1e-6)  # the LoRA did something
-    base = load_motion_module(files["motion"])
+    base = load_motion_module(training_files["motion"])
     load_motion_lora(exported, base).attach(base)
     trained_unet.detach()
     assert torch.allclose(_video_forward(VideoUNet(trainer.model.image_model.unet, base).eval()), expected, atol=1e-6)
 
     # Domain adapter: same through load_domain_adapter on the image UNet.
-    trainer = Trainer(make_config(files, tmp_path, "domain-adapter", steps=2, lr=1e-2), dataset=TensorClips(image=True))
+    trainer = Trainer(make_config(training_files, tmp_path, "domain-adapter", steps=2, lr=1e-2), dataset=TensorClips(image=True))
     exported = trainer.fit()
     unet = trainer.model.image_model.unet.eval()
     sample, text = torch.randn(2, 4, 2, 2), torch.randn(2, 77, 32)
@@ -207,9 +196,9 @@ def test_lora_exports_round_trip(files, tmp_path) -> None:
 
 # ---------------------------------------------------------------------------------------------------- learning
 @pytest.mark.parametrize("stage", ["motion", "motion-lora"])
-def test_loss_falls_when_overfitting_one_batch(files, tmp_path, stage) -> None:
+def test_loss_falls_when_overfitting_one_batch(training_files, tmp_path, stage) -> None:
     steps, lr = (12, 3e-3) if stage == "motion" else (15, 5e-2)
-    trainer = Trainer(make_config(files, tmp_path, stage, steps=steps, lr=lr), dataset=TensorClips(count=1))
+    trainer = Trainer(make_config(training_files, tmp_path, stage, steps=steps, lr=lr), dataset=TensorClips(count=1))
     batch = collate([trainer.dataset[0]])
     start = trainer.generator.get_state()
     losses = []
@@ -221,10 +210,10 @@ def test_loss_falls_when_overfitting_one_batch(files, tmp_path, stage) -> None:
     assert sum(b < a for a, b in zip(losses, losses[1:])) >= 0.8 * (steps - 1)  # falls (almost) every step
 
 
-def test_gradient_accumulation_equals_one_bigger_batch(files, tmp_path) -> None:
+def test_gradient_accumulation_equals_one_bigger_batch(training_files, tmp_path) -> None:
     data = TensorClips(count=2)
-    big = Trainer(make_config(files, tmp_path / "a", "motion", batch_size=2, grad_accumulation=1), dataset=data)
-    small = Trainer(make_config(files, tmp_path / "b", "motion", batch_size=1, grad_accumulation=2), dataset=data)
+    big = Trainer(make_config(training_files, tmp_path / "a", "motion", batch_size=2, grad_accumulation=1), dataset=data)
+    small = Trainer(make_config(training_files, tmp_path / "b", "motion", batch_size=1, grad_accumulation=2), dataset=data)
     for trainer in (big, small):  # non-zero output projections, so every motion parameter gets a gradient
         with torch.no_grad():
             for name, parameter in trainer.trainable.items():
@@ -239,18 +228,18 @@ def test_gradient_accumulation_equals_one_bigger_batch(files, tmp_path) -> None:
     assert any(parameter.grad.abs().max() > 0 for parameter in big.trainable.values())
 
 
-def test_resume_is_exact(files, tmp_path) -> None:
+def test_resume_is_exact(training_files, tmp_path) -> None:
     changes = dict(steps=6, lr_schedule="cosine", warmup_steps=2, caption_dropout=0.5, checkpoint_every=2,
                    keep_checkpoints=2)
     straight = Trainer(
-        make_config(files, tmp_path / "straight", "motion", validate_every=3, validation_prompts=["a red circle"],
+        make_config(training_files, tmp_path / "straight", "motion", validate_every=3, validation_prompts=["a red circle"],
                     validation_frames=FRAMES, validation_steps=2, validation_size=SIZE, **changes),
         dataset=TensorClips(count=4),
     )
     straight.fit()
     assert (tmp_path / "straight" / "motion" / "samples" / "step-0000006.gif").is_file()
 
-    config = make_config(files, tmp_path / "split", "motion", **changes)
+    config = make_config(training_files, tmp_path / "split", "motion", **changes)
     first = Trainer(config, dataset=TensorClips(count=4))
     assert first.fit(until=3) is None  # stopped early: a checkpoint, no final export
     assert [step for step, _ in list_checkpoints(config.output_dir)] == [2, 3]
@@ -268,8 +257,8 @@ def test_resume_is_exact(files, tmp_path) -> None:
     assert [row.split(",")[0] for row in rows[1:]] == ["1", "2", "3", "4", "5", "6"]
 
 
-def test_resume_with_another_config_is_refused(files, tmp_path) -> None:
-    config = make_config(files, tmp_path, "motion-lora", steps=1)
+def test_resume_with_another_config_is_refused(training_files, tmp_path) -> None:
+    config = make_config(training_files, tmp_path, "motion-lora", steps=1)
     train(config, dataset=TensorClips())
     config.lora.rank = 3
     with pytest.raises(CheckpointError, match="do not match"):
@@ -352,11 +341,11 @@ def test_calibrated_scaling_factor_gives_unit_variance_latents(tmp_path) -> None
     assert float((means * exported.config.scaling_factor).std()) == pytest.approx(1.0, rel=1e-4)
 
 
-def test_latent_sample_false_trains_on_the_posterior_mean(files, tmp_path) -> None:
+def test_latent_sample_false_trains_on_the_posterior_mean(training_files, tmp_path) -> None:
     pixels = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
     latents = {}
     for sample in (True, False):
-        trainer = Trainer(make_config(files, tmp_path / str(sample), "image", latent_sample=sample),
+        trainer = Trainer(make_config(training_files, tmp_path / str(sample), "image", latent_sample=sample),
                           dataset=TensorClips(image=True))
         vae = trainer.model.image_model.vae
         latents[sample] = [trainer._latents(pixels) for _ in range(2)]
@@ -367,12 +356,12 @@ def test_latent_sample_false_trains_on_the_posterior_mean(files, tmp_path) -> No
     assert not torch.allclose(latents[True][0], latents[True][1])
 
 
-def test_gradient_checkpointing_and_bf16_autocast(files, tmp_path) -> None:
+def test_gradient_checkpointing_and_bf16_autocast(training_files, tmp_path) -> None:
     data = TensorClips(count=1)
     batch = collate([data[0]])
     gradients = []
     for index, changes in enumerate(({}, {"gradient_checkpointing": True}, {"mixed_precision": "bf16"})):
-        trainer = Trainer(make_config(files, tmp_path / str(index), "motion", **changes), dataset=data)
+        trainer = Trainer(make_config(training_files, tmp_path / str(index), "motion", **changes), dataset=data)
         assert trainer.model.video_unet.gradient_checkpointing == bool(changes.get("gradient_checkpointing"))
         with torch.no_grad():
             for name, parameter in trainer.trainable.items():
@@ -390,11 +379,11 @@ def test_gradient_checkpointing_and_bf16_autocast(files, tmp_path) -> None:
     assert cosine > 0.9  # bf16 autocast computes the same gradient, roughly
 
 
-def test_personalize_lora_exports_as_kohya(files, tmp_path) -> None:
+def test_personalize_lora_exports_as_kohya(training_files, tmp_path) -> None:
     from zoetrope.formats.kohya import load_image_lora
     from zoetrope.pipelines.components import load_image_model
 
-    config = make_config(files, tmp_path, "personalize", steps=2, lr=1e-2, lora={"rank": 2, "text_encoder": True})
+    config = make_config(training_files, tmp_path, "personalize", steps=2, lr=1e-2, lora={"rank": 2, "text_encoder": True})
     trainer = Trainer(config, dataset=TensorClips(image=True))
     assert set(trainer.model.networks) == {"unet", "text_encoder"}
     exported = trainer.fit()
@@ -403,15 +392,15 @@ def test_personalize_lora_exports_as_kohya(files, tmp_path) -> None:
     image = trainer.model.image_model
     with torch.no_grad():
         expected = image.unet.eval()(sample, 10, encoder_hidden_states=text).sample, image.text_encoder(ids)[0]
-        fresh = load_image_model(files["base"])
+        fresh = load_image_model(training_files["base"])
         load_image_lora(exported, fresh.unet, fresh.text_encoder).attach(fresh.unet, fresh.text_encoder)
         actual = fresh.unet(sample, 10, encoder_hidden_states=text).sample, fresh.text_encoder(ids)[0]
-        plain = load_image_model(files["base"]).text_encoder(ids)[0]
+        plain = load_image_model(training_files["base"]).text_encoder(ids)[0]
     assert not torch.allclose(plain, expected[1], atol=1e-6)
     assert all(torch.allclose(a, e, atol=1e-5) for a, e in zip(actual, expected))
 
 
-def test_main_train_on_a_webvid_style_folder_of_mp4s(files, tmp_path) -> None:
+def test_main_train_on_a_webvid_style_folder_of_mp4s(training_files, tmp_path) -> None:
     """The layout `zoetrope world make` writes (videos.csv with videoid/name + videos/*.mp4) plugs in via YAML."""
     import yaml
 
@@ -427,7 +416,7 @@ def test_main_train_on_a_webvid_style_folder_of_mp4s(files, tmp_path) -> None:
     (tmp_path / "videos.csv").write_text("\n".join(rows) + "\n")
     config = {
         "stage": "motion", "output_dir": str(tmp_path / "run"), "steps": 5, "batch_size": 2, "log_every": 1,
-        "model": {"image_model": files["base"], "motion": {"num_attention_heads": 4, "norm_num_groups": 8}},
+        "model": {"image_model": training_files["base"], "motion": {"num_attention_heads": 4, "norm_num_groups": 8}},
         "data": {"kind": "video", "csv_path": str(tmp_path / "videos.csv"), "video_folder": str(tmp_path / "videos"),
                  "num_frames": FRAMES, "sample_stride": 1, "size": SIZE},
     }

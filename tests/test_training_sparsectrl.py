@@ -10,11 +10,9 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from conftest import all_tensors, make_tiny_image_model, make_tiny_motion_modules, merge_config_values
+from conftest import all_tensors, make_tiny_image_model, merge_config_values
 from zoetrope.errors import ConfigError, InputError
-from zoetrope.formats.motion import save_motion_module
 from zoetrope.formats.safe_load import load_state_dict
-from zoetrope.formats.sd_single_file import save_sd_single_file
 from zoetrope.formats.sparsectrl import load_sparse_control
 from zoetrope.training.checkpoint import list_checkpoints
 from zoetrope.training.conditions import clip_condition, edge_map, keyframe_pattern
@@ -39,20 +37,11 @@ class TensorClips(Dataset):
         return {"pixel_values": self.clips[index], "text": f"a red circle number {index}"}
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models")
-    model = make_tiny_image_model()
-    save_sd_single_file(model.unet, model.vae, model.text_encoder, folder / "base.safetensors")
-    save_motion_module(make_tiny_motion_modules(), folder / "motion.safetensors")
-    return {"base": str(folder / "base.safetensors"), "motion": str(folder / "motion.safetensors")}
-
-
-def make_config(files, tmp_path, **changes):
+def make_config(training_files, tmp_path, **changes):
     values = {
         "stage": "sparsectrl",
         "output_dir": str(tmp_path / "sparsectrl"),
-        "model": {"image_model": files["base"], "motion_module": files["motion"]},
+        "model": {"image_model": training_files["base"], "motion_module": training_files["motion"]},
         "sparsectrl": {"motion": {"num_attention_heads": 4, "norm_num_groups": 8}, "embedding_channels": SKETCH_WIDTHS},
         "steps": 4, "batch_size": 1, "lr": 1e-3, "log_every": 1, "checkpoint_every": 0, "caption_dropout": 0.0,
     }
@@ -107,7 +96,7 @@ def test_keyframe_pattern_follows_its_mixture() -> None:
         keyframe_pattern(16, generator, 4, 0.5, 0.5, 0.5)
 
 
-def test_clip_condition_places_keyframes(files) -> None:
+def test_clip_condition_places_keyframes(training_files) -> None:
     clip = torch.rand(FRAMES, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
     condition, mask = clip_condition(clip, [1, 3], "sketch")
     assert condition.shape == (1, 3, FRAMES, SIZE, SIZE) and mask.shape == (1, 1, FRAMES, SIZE, SIZE)
@@ -120,8 +109,8 @@ def test_clip_condition_places_keyframes(files) -> None:
 
 # ---------------------------------------------------------------------------------------------------- what trains
 @pytest.mark.parametrize("temporal", [True, False])
-def test_only_the_encoder_requires_grad_and_changes(files, tmp_path, temporal) -> None:
-    trainer = Trainer(make_config(files, tmp_path, sparsectrl={"temporal": temporal}), dataset=TensorClips())
+def test_only_the_encoder_requires_grad_and_changes(training_files, tmp_path, temporal) -> None:
+    trainer = Trainer(make_config(training_files, tmp_path, sparsectrl={"temporal": temporal}), dataset=TensorClips())
     assert isinstance(trainer.module, ControlledDenoiser)
     assert trainer.model.control.has_motion_modules == temporal
     before = all_tensors(trainer)
@@ -140,23 +129,23 @@ def test_only_the_encoder_requires_grad_and_changes(files, tmp_path, temporal) -
     assert any("controlnet_down_blocks" in name for name in changed)  # the zero convolutions left zero
 
 
-def test_missing_motion_module_and_bad_sketch_widths_are_config_errors(files, tmp_path) -> None:
-    config = make_config(files, tmp_path)
+def test_missing_motion_module_and_bad_sketch_widths_are_config_errors(training_files, tmp_path) -> None:
+    config = make_config(training_files, tmp_path)
     config.model.motion_module = None
     with pytest.raises(ConfigError, match="model.motion_module"):
         Trainer(config, dataset=TensorClips())
     with pytest.raises(ConfigError, match="embedding_channels"):
-        Trainer(make_config(files, tmp_path, sparsectrl={"condition": "sketch", "embedding_channels": [4, 8]}),
+        Trainer(make_config(training_files, tmp_path, sparsectrl={"condition": "sketch", "embedding_channels": [4, 8]}),
                 dataset=TensorClips())
     with pytest.raises(ConfigError, match="p_zero_keyframes"):
-        make_config(files, tmp_path, sparsectrl={"p_zero_keyframes": 0.9, "p_first_keyframe": 0.5})
+        make_config(training_files, tmp_path, sparsectrl={"p_zero_keyframes": 0.9, "p_first_keyframe": 0.5})
 
 
 # ---------------------------------------------------------------------------------------------------- learning
-def test_loss_falls_when_overfitting_one_batch(files, tmp_path) -> None:
+def test_loss_falls_when_overfitting_one_batch(training_files, tmp_path) -> None:
     steps = 15
     always_first = {"p_zero_keyframes": 0.0, "p_first_keyframe": 1.0, "p_first_last_keyframes": 0.0}
-    config = make_config(files, tmp_path, steps=steps, lr=3e-3, sparsectrl=always_first)
+    config = make_config(training_files, tmp_path, steps=steps, lr=3e-3, sparsectrl=always_first)
     trainer = Trainer(config, dataset=TensorClips(count=1))
     batch = collate([trainer.dataset[0]])
     start = trainer.generator.get_state()
@@ -169,12 +158,12 @@ def test_loss_falls_when_overfitting_one_batch(files, tmp_path) -> None:
     assert sum(b < a for a, b in zip(losses, losses[1:])) >= 0.8 * (steps - 1), losses
 
 
-def test_gradient_accumulation_equals_one_bigger_batch(files, tmp_path) -> None:
+def test_gradient_accumulation_equals_one_bigger_batch(training_files, tmp_path) -> None:
     """Keyframe patterns are drawn per sample in batch order, so micro-batches of 1 see what a batch of 2 sees."""
     data = TensorClips(count=2)
     changes = dict(sparsectrl={"p_zero_keyframes": 0.0, "p_first_keyframe": 0.0, "p_first_last_keyframes": 0.0})
-    big = Trainer(make_config(files, tmp_path / "a", batch_size=2, **changes), dataset=data)
-    small = Trainer(make_config(files, tmp_path / "b", batch_size=1, grad_accumulation=2, **changes), dataset=data)
+    big = Trainer(make_config(training_files, tmp_path / "a", batch_size=2, **changes), dataset=data)
+    small = Trainer(make_config(training_files, tmp_path / "b", batch_size=1, grad_accumulation=2, **changes), dataset=data)
     for trainer in (big, small):  # non-zero zero-convs so every encoder parameter gets a gradient
         with torch.no_grad():
             for name, parameter in trainer.trainable.items():
@@ -190,8 +179,8 @@ def test_gradient_accumulation_equals_one_bigger_batch(files, tmp_path) -> None:
 
 # ---------------------------------------------------------------------------------------------------- exports
 @pytest.mark.parametrize("condition", ["rgb", "sketch"])
-def test_export_loads_back_with_the_same_residuals(files, tmp_path, condition) -> None:
-    config = make_config(files, tmp_path, steps=2, lr=1e-2, sparsectrl={"condition": condition})
+def test_export_loads_back_with_the_same_residuals(training_files, tmp_path, condition) -> None:
+    config = make_config(training_files, tmp_path, steps=2, lr=1e-2, sparsectrl={"condition": condition})
     trainer = Trainer(config, dataset=TensorClips())
     exported = trainer.fit()
     assert exported.name == "sparse_control.safetensors"
@@ -205,8 +194,8 @@ def test_export_loads_back_with_the_same_residuals(files, tmp_path, condition) -
     assert "down_blocks.0.motion_modules.0.temporal_transformer.proj_in.weight" in keys  # official layout
 
 
-def test_ablation_exports_without_motion_modules(files, tmp_path) -> None:
-    trainer = Trainer(make_config(files, tmp_path, steps=1, sparsectrl={"temporal": False}), dataset=TensorClips())
+def test_ablation_exports_without_motion_modules(training_files, tmp_path) -> None:
+    trainer = Trainer(make_config(training_files, tmp_path, steps=1, sparsectrl={"temporal": False}), dataset=TensorClips())
     exported = trainer.fit()
     assert not any("motion_modules" in key for key in load_state_dict(exported))
     loaded = load_sparse_control(exported, trainer.model.image_model.unet)
@@ -215,11 +204,11 @@ def test_ablation_exports_without_motion_modules(files, tmp_path) -> None:
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(residuals(loaded, 4, 2), expected))
 
 
-def test_resume_is_exact(files, tmp_path) -> None:
+def test_resume_is_exact(training_files, tmp_path) -> None:
     changes = dict(steps=4, lr_schedule="cosine", warmup_steps=1, caption_dropout=0.5, checkpoint_every=2, lr=1e-2)
-    straight = Trainer(make_config(files, tmp_path / "straight", **changes), dataset=TensorClips())
+    straight = Trainer(make_config(training_files, tmp_path / "straight", **changes), dataset=TensorClips())
     straight.fit()
-    config = make_config(files, tmp_path / "split", **changes)
+    config = make_config(training_files, tmp_path / "split", **changes)
     assert Trainer(config, dataset=TensorClips()).fit(until=3) is None
     resumed = Trainer(config, resume=True, dataset=TensorClips())
     assert resumed.step == 3
@@ -232,10 +221,10 @@ def test_resume_is_exact(files, tmp_path) -> None:
     assert [step for step, _ in list_checkpoints(config.output_dir)] == [3, 4]
 
 
-def test_continue_training_from_a_saved_encoder(files, tmp_path) -> None:
-    first = Trainer(make_config(files, tmp_path / "one", steps=1, lr=1e-2), dataset=TensorClips())
+def test_continue_training_from_a_saved_encoder(training_files, tmp_path) -> None:
+    first = Trainer(make_config(training_files, tmp_path / "one", steps=1, lr=1e-2), dataset=TensorClips())
     exported = first.fit()
-    config = make_config(files, tmp_path / "two", steps=1, model={"sparse_control": str(exported)})
+    config = make_config(training_files, tmp_path / "two", steps=1, model={"sparse_control": str(exported)})
     second = Trainer(config, dataset=TensorClips())
     for name, parameter in first.model.control.state_dict().items():
         assert torch.equal(second.model.control.state_dict()[name], parameter), name

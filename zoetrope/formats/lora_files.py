@@ -285,6 +285,22 @@ def _motion_path_to_ours(path: str) -> str:
     return DIFFUSERS.to_ours(path + ".weight")[: -len(".weight")]
 
 
+def _read_lora_of_kind(
+    path: str | os.PathLike, kind: str, wanted: str
+) -> tuple[dict[str, torch.Tensor], LoRAEntries]:
+    """Read a LoRA file that must be of `kind` (else the wrong-slot error naming `wanted`); every key must parse.
+
+    Returns the raw state (for format hints such as alpha conventions) and the parsed LoRA entries.
+    """
+    state = load_state_dict(path)
+    found = file_kind(state)
+    if found != kind:
+        raise wrong_kind_error(path, found, wanted)
+    entries, unparsed = parse_lora_state(state, path)
+    raise_for_unparsed(unparsed, path)
+    return state, entries
+
+
 def load_motion_lora(path: str | os.PathLike, motion_modules: nn.Module, strength: float = 1.0) -> LoRANetwork:
     """Read a MotionLoRA (official `.ckpt`/`.safetensors`, or diffusers' converted layout) for `motion_modules`.
 
@@ -292,12 +308,7 @@ def load_motion_lora(path: str | os.PathLike, motion_modules: nn.Module, strengt
     `network.attach(motion_modules)` (live, removable) or `network.merge(motion_modules)` (as the official script
     does). `strength` is the official `alpha`: `W += strength · up @ down`.
     """
-    state = load_state_dict(path)
-    kind = file_kind(state)
-    if kind != "motion_lora":
-        raise wrong_kind_error(path, kind, "a MotionLoRA (a LoRA on the motion module)")
-    entries, unparsed = parse_lora_state(state, path)
-    raise_for_unparsed(unparsed, path)
+    state, entries = _read_lora_of_kind(path, "motion_lora", "a MotionLoRA (a LoRA on the motion module)")
     names = _module_names(motion_modules)
     has_mid = getattr(motion_modules, "mid_block", None) is not None or any(n.startswith("mid_block.") for n in names)
     # Official processor naming has no alpha (multiplier 1); diffusers/peft-converted files may carry alphas.
@@ -331,12 +342,9 @@ def load_domain_adapter(path: str | os.PathLike, image_unet: nn.Module, scale: f
     it. `scale` is the official `adapter_lora_scale`: `W += scale · up @ down`. The adapter absorbed the training
     videos' artifacts (watermarks, blur); lowering `scale` trades those for the base model's look.
     """
-    state = load_state_dict(path)
-    kind = file_kind(state)
-    if kind != "domain_adapter":
-        raise wrong_kind_error(path, kind, "the domain adapter (a LoRA on the image UNet's spatial attention)")
-    entries, unparsed = parse_lora_state(state, path)
-    raise_for_unparsed(unparsed, path)
+    state, entries = _read_lora_of_kind(
+        path, "domain_adapter", "the domain adapter (a LoRA on the image UNet's spatial attention)"
+    )
     names = _module_names(image_unet)
     network = build_network(
         entries,

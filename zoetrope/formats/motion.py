@@ -20,7 +20,7 @@ from zoetrope import __version__
 from zoetrope.errors import CheckpointError
 from zoetrope.formats.animatediff import CONFIG_METADATA_KEY, OFFICIAL, infer_config
 from zoetrope.formats.diffusers_motion import config_from_diffusers, config_to_diffusers, from_diffusers, to_diffusers
-from zoetrope.formats.rename import describe_mismatch
+from zoetrope.formats.rename import describe_mismatch, key_mismatch
 from zoetrope.formats.safe_load import load_state_dict, read_metadata, save_state_dict
 from zoetrope.models.motion_module import MotionModuleConfig, MotionModules
 
@@ -50,8 +50,7 @@ def build_motion_modules(
     """Instantiate `MotionModules(config)` and load `state` strictly (only positional encodings may be missing)."""
     modules = MotionModules(config.with_(zero_init=False))
     expected = modules.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith(".pos_encoding")]
-    unexpected = [k for k in state if k not in expected]
+    missing, unexpected = key_mismatch(expected, state)
     if missing or unexpected:
         raise CheckpointError(
             f"{source}: motion-module keys do not match a {config.version} layout "

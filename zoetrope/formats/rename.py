@@ -58,6 +58,20 @@ def sample_keys(keys: Iterable[str], count: int = 3) -> str:
     return f"{shown}{', ...' if len(keys) > count else ''} ({len(keys)} in all)"
 
 
+def key_mismatch(
+    expected: Iterable[str], found: Iterable[str], optional_suffix: str = ".pos_encoding"
+) -> tuple[list[str], list[str]]:
+    """(missing, unexpected) keys of a strict load; keys ending in `optional_suffix` may be missing.
+
+    Why the default: motion-module positional encodings are sinusoidal buffers that many released files (v1, and
+    SparseCtrl encoders) leave out; the model recomputes them, so their absence is not damage.
+    """
+    expected, found = list(expected), list(found)
+    expected_set, found_set = set(expected), set(found)
+    missing = [key for key in expected if key not in found_set and not key.endswith(optional_suffix)]
+    return missing, [key for key in found if key not in expected_set]
+
+
 def describe_mismatch(missing: Iterable[str], unexpected: Iterable[str]) -> str:
     """'missing a, b, ... (n in all); unexpected c (1 in all)' for strict-loading errors ('' when both are empty)."""
     problems = []

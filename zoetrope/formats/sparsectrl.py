@@ -34,7 +34,7 @@ from zoetrope.errors import CheckpointError, ConfigError
 from zoetrope.formats.animatediff import OFFICIAL
 from zoetrope.formats.detect import FileInfo, classify, expect_kind
 from zoetrope.formats.diffusers_motion import DIFFUSERS
-from zoetrope.formats.rename import RenameRules, describe_mismatch
+from zoetrope.formats.rename import RenameRules, describe_mismatch, key_mismatch
 from zoetrope.formats.safe_load import load_state_dict, read_metadata, save_state_dict
 from zoetrope.models.motion_module import sinusoidal_encoding
 from zoetrope.models.sparse_control import SPARSECTRL_MOTION, SparseControlConfig, SparseControlEncoder
@@ -202,8 +202,7 @@ def load_sparse_control(
             f"{path}: this SparseCtrl encoder does not fit the loaded base model ({error})"
         ) from error
     expected = encoder.state_dict()
-    missing = [k for k in expected if k not in ours and not k.endswith(".pos_encoding")]
-    unexpected = [k for k in ours if k not in expected]
+    missing, unexpected = key_mismatch(expected, ours)
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: SparseCtrl keys do not match a {config.condition} encoder for this base model "
