@@ -16,7 +16,7 @@ from zoetrope.formats.safe_load import load_state_dict
 from zoetrope.models.video_unet import VideoUNet
 from zoetrope.training.checkpoint import latest_checkpoint, list_checkpoints, load_training_state
 from zoetrope.training.config import load_train_config
-from zoetrope.training.engine import Trainer, collate, drop_captions, lr_factor, train
+from zoetrope.training.engine import Trainer, collate, drop_captions, lr_factor, min_snr_weights, train
 from zoetrope.training.stages import STAGES
 
 SIZE, FRAMES = 16, 4
@@ -426,3 +426,29 @@ def test_main_train_on_a_webvid_style_folder_of_mp4s(training_files, tmp_path) -
     assert load_motion_module(exported).config.max_frames == 32
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["steps"] == 1 and saved["data"]["csv_path"].endswith("videos.csv")
+
+
+def test_min_snr_weights_by_hand() -> None:
+    alphas_cumprod = torch.tensor([0.99, 0.9, 0.5, 0.1])  # SNR 99, 9, 1, 0.111
+    weights = min_snr_weights(alphas_cumprod, torch.tensor([0, 1, 2, 3]), gamma=5.0)
+    assert torch.allclose(weights, torch.tensor([5 / 99, 5 / 9, 1.0, 1.0]))
+    with pytest.raises(ConfigError, match="snr_gamma"):
+        load_train_config({"stage": "image", "output_dir": "x", "snr_gamma": 0})
+
+
+def test_snr_gamma_weights_each_sample_of_the_loss(training_files, tmp_path) -> None:
+    config = make_config(training_files, tmp_path, "image", snr_gamma=5.0, batch_size=3)
+    trainer = Trainer(config, dataset=TensorClips(image=True))
+    batch = collate([trainer.dataset[index] for index in range(3)])
+    state = trainer.generator.get_state()
+    inputs = trainer.diffusion_inputs(batch)
+    trainer.generator.set_state(state)
+    with torch.no_grad():
+        loss = trainer.micro_loss(batch)
+        noisy = trainer.noise_scheduler.add_noise(inputs["latents"], inputs["noise"], inputs["timesteps"])
+        error = (trainer.network(noisy, inputs["timesteps"], inputs["input_ids"]) - inputs["noise"]) ** 2
+    alpha_bar = trainer.noise_scheduler.alphas_cumprod[inputs["timesteps"]].double()
+    snr = alpha_bar / (1 - alpha_bar)
+    expected = (error.flatten(1).mean(1).double() * torch.clamp(snr, max=5.0) / snr).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss.item() < error.mean().item()  # some timestep is cleaner than SNR 5, so the weighted loss is smaller

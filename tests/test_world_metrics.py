@@ -14,6 +14,7 @@ from zoetrope.world.metrics import (
     PROMPT_SUITE,
     UNKNOWN,
     classify_camera,
+    classify_background,
     classify_colour,
     classify_motion,
     classify_shape,
@@ -43,15 +44,19 @@ from zoetrope.world.render import (
 )
 
 CONFIG = WorldConfig()
+TRAILED = WorldConfig(trail_alpha=0.25)
+"""The world with motion trails: the metrics must read it exactly like the plain world."""
+WORLDS = pytest.mark.parametrize("config", [CONFIG, TRAILED], ids=["plain", "trail"])
 
 
 @pytest.mark.parametrize("motion", MOTIONS)
 @pytest.mark.parametrize("video_domain", [False, True])
-def test_every_motion_is_classified(motion: str, video_domain: bool) -> None:
+@WORLDS
+def test_every_motion_is_classified(config: WorldConfig, motion: str, video_domain: bool) -> None:
     rng = np.random.default_rng(MOTIONS.index(motion))
     for index in range(4):
-        spec = sample_clip_spec(rng, CONFIG, motions=(motion,), style=(None, "pastel", "striped")[index % 3])
-        assert classify_motion(render_clip(spec, CONFIG, video_domain), CONFIG) == motion, caption(spec)
+        spec = sample_clip_spec(rng, config, motions=(motion,), style=(None, "pastel", "striped")[index % 3])
+        assert classify_motion(render_clip(spec, config, video_domain), config) == motion, caption(spec)
 
 
 @pytest.mark.parametrize(("motion", "reverse"), [("left", "right"), ("up", "down"), ("grow", "shrink")])
@@ -84,14 +89,17 @@ def test_colour_shape_and_style_are_read_from_pixels(video_domain: bool) -> None
     assert style >= 0.85
 
 
-def test_every_colour_and_shape_on_every_background() -> None:
+@WORLDS
+def test_every_colour_and_shape_on_every_background(config: WorldConfig) -> None:
     rng = np.random.default_rng(5)
     for background in BACKGROUNDS:
         for index, colour in enumerate(COLOURS):
             shape = SHAPES[(index + list(BACKGROUNDS).index(background)) % len(SHAPES)]
             intent = parse_caption(f"a {colour} {shape} staying still on a {background} background")
-            clip = render_clip(sample_clip_spec(rng, CONFIG, intent=intent), CONFIG)
+            clip = render_clip(sample_clip_spec(rng, config, intent=intent), config)
             assert (classify_colour(clip), classify_shape(clip)) == (colour, shape)
+            assert classify_background(clip) == background
+            assert classify_background(clip[:1], config) == background
 
 
 def test_watermark_leakage_separates_domains() -> None:
@@ -103,23 +111,25 @@ def test_watermark_leakage_separates_domains() -> None:
 
 
 @pytest.mark.parametrize("camera", CAMERA_MOTIONS)
-def test_camera_motion_is_detected(camera: str) -> None:
+@WORLDS
+def test_camera_motion_is_detected(config: WorldConfig, camera: str) -> None:
     rng = np.random.default_rng(CAMERA_MOTIONS.index(camera))
     for index in range(3):
-        spec = sample_clip_spec(rng, CONFIG, camera=camera, style=(None, "pastel", "striped")[index])
-        assert classify_camera(render_clip(spec, CONFIG)) == camera, caption(spec)
+        spec = sample_clip_spec(rng, config, camera=camera, style=(None, "pastel", "striped")[index])
+        assert classify_camera(render_clip(spec, config)) == camera, caption(spec)
 
 
-def test_camera_measurement_matches_the_spec_and_ignores_object_motion() -> None:
+@WORLDS
+def test_camera_measurement_matches_the_spec_and_ignores_object_motion(config: WorldConfig) -> None:
     base = ClipSpec("star", "cyan", "navy", "still", x=0.5, y=0.45, radius=0.1, camera_speed=0.4)
-    zoom = measure_camera(render_clip(dataclasses.replace(base, camera="zoom in"), CONFIG))
+    zoom = measure_camera(render_clip(dataclasses.replace(base, camera="zoom in"), config))
     assert zoom.log_zoom == pytest.approx(np.log(1.4), rel=0.25) and abs(zoom.pan_x) < 1.0
-    pan = measure_camera(render_clip(dataclasses.replace(base, camera="pan left"), CONFIG))
+    pan = measure_camera(render_clip(dataclasses.replace(base, camera="pan left"), config))
     assert pan.pan_x == pytest.approx(0.4 * 64, rel=0.25) and abs(pan.log_zoom) < 0.05
     rng = np.random.default_rng(9)
     for motion in MOTIONS:
-        spec = sample_clip_spec(rng, CONFIG, motions=(motion,))
-        assert classify_camera(render_clip(spec, CONFIG)) == "none", caption(spec)
+        spec = sample_clip_spec(rng, config, motions=(motion,))
+        assert classify_camera(render_clip(spec, config)) == "none", caption(spec)
 
 
 def test_temporal_consistency_numbers() -> None:
@@ -161,6 +171,8 @@ def test_evaluate_clips_on_ground_truth_suites() -> None:
     assert summary["motion_accuracy"] == 1.0 and summary["motion_scored"] == len(PROMPT_SUITE)
     assert summary["camera_accuracy"] == 1.0 and summary["camera_scored"] == len(CAMERA_SUITE)
     assert summary["prompt_fidelity"] == 1.0 and summary["style_accuracy"] is None
+    assert summary["background_accuracy"] == 1.0
+    assert summary["background_scored"] == sum(parse_caption(p).background is not None for p in prompts) > 0
     assert summary["watermark_leakage"] > 0.85 and summary["mask_iou"] > 0.6
     assert json.loads(json.dumps(results)) == results
     table = format_table(results)

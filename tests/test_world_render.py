@@ -171,6 +171,25 @@ def test_image_domain_is_the_clean_first_frame_of_a_still_clip() -> None:
     np.testing.assert_array_equal(render_image(spec, CONFIG), render_clip(spec, CONFIG, video_domain=False)[0])
 
 
+@pytest.mark.parametrize("motion, axis, sign", [("left", 1, 1), ("right", 1, -1), ("up", 0, 1), ("down", 0, -1)])
+def test_a_moving_still_shows_a_fading_trail_behind_the_object(motion: str, axis: int, sign: int) -> None:
+    flat = WorldConfig(texture_amplitude=0.0, trail_alpha=0.25)
+    spec = ClipSpec("circle", "red", "black", motion, x=0.5, y=0.4, radius=0.12, speed=0.4)
+    image = render_image(spec, flat).astype(np.float64)
+    still = render_image(dataclasses.replace(spec, motion="still"), flat).astype(np.float64)
+    trail = np.linalg.norm(image - still, axis=-1)  # what the trail adds (the object itself is identical)
+    assert trail.max() > 0
+    rows, cols = np.nonzero(trail > 1.0)
+    centre = (0.4 * 64, 0.5 * 64)
+    offsets = (rows + 0.5 - centre[0]) if axis == 0 else (cols + 0.5 - centre[1])
+    assert np.all(sign * offsets > 0), "the trail lies on the side the object comes from"
+    contrast = np.linalg.norm(np.asarray(COLOURS["red"]) - BACKGROUNDS["black"])
+    assert trail.max() <= flat.trail_alpha * contrast + 1.0  # fainter than the metrics' foreground threshold
+    assert (sign * offsets).max() > 0.4 * 64 * flat.trail_length  # and reaches back along the whole path
+    untrailed = WorldConfig(texture_amplitude=0.0, trail_alpha=0.0)
+    np.testing.assert_array_equal(render_image(spec, untrailed), still.astype(np.uint8))
+
+
 def test_styles_keep_hue_and_change_the_fill() -> None:
     for name, rgb in COLOURS.items():
         np.testing.assert_allclose(shape_colour(name, "pastel"), (np.asarray(rgb) + 255.0) / 2)
@@ -197,6 +216,10 @@ def test_config_and_spec_errors_name_the_field() -> None:
         WorldConfig(shapes=("hexagon",))
     with pytest.raises(ConfigError, match="WorldConfig.num_frames"):
         WorldConfig(num_frames=1)
+    with pytest.raises(ConfigError, match="WorldConfig.trail_alpha.*segmented"):
+        WorldConfig(trail_alpha=0.5)
+    with pytest.raises(ConfigError, match="WorldConfig.trail_length"):
+        WorldConfig(trail_length=0.0)
     with pytest.raises(ConfigError, match="ClipSpec.colour"):
         ClipSpec("square", "pink", "grey")
     with pytest.raises(ConfigError, match="camera"):

@@ -369,7 +369,7 @@ def cmd_world_make(args: argparse.Namespace) -> int:
 
     if args.preset not in PRESETS:
         raise ConfigError(f"--preset {args.preset!r}: expected one of {sorted(PRESETS)}")
-    config = WorldConfig(size=args.size, num_frames=args.frames)
+    config = WorldConfig(size=args.size, num_frames=args.frames, trail_alpha=args.trail_alpha)
     files = make_preset(args.preset, args.output, config=config, seed=args.seed, scale=args.scale, overwrite=args.overwrite)
     print(f"wrote {args.preset} world to {args.output}: {files}")
     return 0
@@ -476,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--frames", type=int, default=16)
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--scale", type=float, default=1.0, help="multiply the preset's clip/image counts")
+    make.add_argument(
+        "--trail-alpha", type=float, default=0.0, help="opacity of the motion trail behind moving objects (0 = none, < 0.3)"
+    )
     make.add_argument("--overwrite", action="store_true")
     make.set_defaults(handler=cmd_world_make)
 

@@ -131,6 +131,10 @@ class TrainConfig:
     as the latents themselves). `calibrate_scaling_factor` (`vae` stage): before export, set the VAE's
     `scaling_factor` to 1 / std of its latent means on the training data, so diffusion sees unit-variance latents
     (LDM, Rombach et al. 2022, §4.3.2: how SD's 0.18215 was found).
+
+    `snr_gamma`: Min-SNR-gamma loss weighting (Hang et al. 2023, arXiv 2303.09556; diffusers' `--snr_gamma`, 5 is
+    the paper's value): each sample's epsilon loss is weighted by min(SNR(t), gamma) / SNR(t), so the nearly clean
+    timesteps, whose gradients fight the coarse-structure timesteps, stop dominating. Unset = plain MSE (SD).
     """
 
     stage: StageName
@@ -159,6 +163,7 @@ class TrainConfig:
     kl_weight: float = 1e-6
     latent_sample: bool = True
     calibrate_scaling_factor: bool = False
+    snr_gamma: Optional[float] = None
     seed: int = 42
     num_workers: int = 0
     vae_chunk_size: int = 16
@@ -185,6 +190,8 @@ class TrainConfig:
                 raise ConfigError(f"{name}={getattr(self, name)}; expected an integer >= 0 (0 switches it off)")
         if not 0.0 <= self.caption_dropout <= 1.0:
             raise ConfigError(f"caption_dropout={self.caption_dropout}; expected a probability in [0, 1]")
+        if self.snr_gamma is not None and not self.snr_gamma > 0:
+            raise ConfigError(f"snr_gamma={self.snr_gamma}; expected a positive number (5 is usual) or no value (off)")
         if self.lr <= 0 or self.grad_clip < 0:
             raise ConfigError(f"lr={self.lr}, grad_clip={self.grad_clip}; expected lr > 0 and grad_clip >= 0 (0 = off)")
         if self.lora.rank < 1:

@@ -102,6 +102,17 @@ def make_noise_scheduler(schedule: Mapping[str, Any]) -> Any:
     return DDPMScheduler.from_config(values)
 
 
+def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma weights min(SNR, gamma) / SNR per timestep for an epsilon-prediction loss (Hang et al. 2023).
+
+    SNR(t) = alpha_bar_t / (1 - alpha_bar_t). Epsilon-MSE already equals SNR-weighted x0-MSE, so clamping the SNR
+    at gamma means multiplying the epsilon loss by min(SNR, gamma) / SNR: 1 at noisy timesteps, < 1 at clean ones.
+    """
+    alpha_bar = alphas_cumprod.to(timesteps.device, torch.float64)[timesteps]
+    snr = alpha_bar / (1.0 - alpha_bar)
+    return (torch.clamp(snr, max=gamma) / snr).float()
+
+
 # ---------------------------------------------------------------------------------------------------- distributed
 @dataclass
 class Distributed:
@@ -415,7 +426,12 @@ class Trainer:
         noisy = self.noise_scheduler.add_noise(inputs["latents"], inputs["noise"], inputs["timesteps"])
         with self.autocast():
             prediction = self.network(noisy, inputs["timesteps"], inputs["input_ids"], **inputs["conditions"])
-        return F.mse_loss(prediction.float(), inputs["noise"].float())
+        if self.config.snr_gamma is None:
+            return F.mse_loss(prediction.float(), inputs["noise"].float())
+        per_sample = F.mse_loss(prediction.float(), inputs["noise"].float(), reduction="none")
+        per_sample = per_sample.flatten(1).mean(dim=1)
+        weights = min_snr_weights(self.noise_scheduler.alphas_cumprod, inputs["timesteps"], self.config.snr_gamma)
+        return (per_sample * weights).mean()
 
     def accumulate(self, micro_batches: Sequence[Mapping[str, Any]]) -> float:
         """Forward/backward over the micro-batches of one optimizer step; gradients end up as for one big batch.

@@ -29,6 +29,7 @@ import numpy as np
 
 from zoetrope.errors import InputError
 from zoetrope.world.render import (
+    BACKGROUNDS,
     COLOURS,
     WorldConfig,
     caption,
@@ -40,6 +41,11 @@ logger = logging.getLogger(__name__)
 
 MIN_CONTRAST = 40.0
 """Lowest RGB distance from the background that can count as foreground (the background texture peaks at ~28)."""
+
+TRAIL_CONTRAST = 30.0
+"""RGB distance from the background above which a pixel is not trusted as background by the camera estimate (the
+background texture peaks at ~28; the object's motion trail is fainter than the foreground threshold but above
+this)."""
 
 FOREGROUND_FRACTION = 0.3
 """Foreground threshold as a fraction of the object's contrast: low enough to keep the pale stripes of a striped
@@ -279,6 +285,15 @@ def classify_colour(clip: np.ndarray, config: WorldConfig | None = None) -> str:
     return min(_PALETTE_HUES, key=lambda name: abs((hue - _PALETTE_HUES[name] + 180.0) % 360.0 - 180.0))
 
 
+def classify_background(clip: np.ndarray, config: WorldConfig | None = None) -> str:
+    """Which background the clip has: the base colour nearest (RGB) to the median border colour over the frames.
+
+    The texture averages out in the median, and every pair of backgrounds is >= 40 levels apart.
+    """
+    colour = np.median(background_colour(_as_clip(clip), config), axis=0)
+    return min(BACKGROUNDS, key=lambda name: float(np.linalg.norm(np.asarray(BACKGROUNDS[name]) - colour)))
+
+
 def classify_style(clip: np.ndarray, config: WorldConfig | None = None) -> str | None:
     """The object's style from the saturation of its interior pixels (foreground eroded by one pixel, so the
     anti-aliased edge does not count): "pastel" (mostly pale), "striped" (a mix), or None (saturated)."""
@@ -510,7 +525,11 @@ def measure_camera(clip: np.ndarray, config: WorldConfig | None = None) -> Camer
     if count < 2:
         return CameraMeasurement(0.0, 0.0, 0.0)
     luminance = _gaussian_blur(_luminance(frames), 1.0)
-    excluded = _dilate(_segment(frames, config).mask, 2)
+    segmentation = _segment(frames, config)
+    # Exclude everything the object touches in any frame, and any pixel clearly off the background: the object's
+    # motion trail (below the foreground threshold) moves with the object and must not read as a camera move.
+    swept = np.broadcast_to(segmentation.mask.any(axis=0), segmentation.mask.shape)
+    excluded = _dilate(swept | (segmentation.distance > TRAIL_CONTRAST), 2)
     margin = 3
     top = height - _band(height, config) - margin
     region = np.zeros((height, width), dtype=bool)
@@ -563,6 +582,7 @@ def evaluate_clip(clip: np.ndarray, prompt: str, config: WorldConfig | None = No
         "prompt": caption(intent),
         "colour": classify_colour(frames, config),
         "shape": classify_shape(frames, config),
+        "background": classify_background(frames, config),
         "motion": classify_motion(frames, config) if frames.shape[0] > 1 else None,
         "camera": classify_camera(frames, config) if frames.shape[0] > 1 else None,
         "style": classify_style(frames, config),
@@ -570,6 +590,7 @@ def evaluate_clip(clip: np.ndarray, prompt: str, config: WorldConfig | None = No
     }
     row["colour_correct"] = row["colour"] == intent.colour
     row["shape_correct"] = row["shape"] == intent.shape
+    row["background_correct"] = (row["background"] == intent.background) if intent.background is not None else None
     row["motion_correct"] = (row["motion"] == intent.motion) if _motion_scorable(intent) else None
     row["camera_correct"] = (row["camera"] == intent.camera) if intent.camera is not None else None
     row["style_correct"] = (row["style"] == intent.style) if intent.style is not None else None
@@ -598,7 +619,7 @@ def evaluate_clips(
     summary["colour_accuracy"] = _mean([row["colour_correct"] for row in rows])
     summary["shape_accuracy"] = _mean([row["shape_correct"] for row in rows])
     summary["prompt_fidelity"] = _mean([row["colour_correct"] and row["shape_correct"] for row in rows])
-    for name in ("motion", "camera", "style"):
+    for name in ("background", "motion", "camera", "style"):
         values = [row[f"{name}_correct"] for row in rows]
         summary[f"{name}_accuracy"] = _mean(values)
         summary[f"{name}_scored"] = sum(value is not None for value in values)
@@ -612,6 +633,7 @@ _SUMMARY_LABELS = (
     ("prompt_fidelity", "prompt fidelity (colour and shape)", None),
     ("colour_accuracy", "colour accuracy", None),
     ("shape_accuracy", "shape accuracy", None),
+    ("background_accuracy", "background accuracy", "background_scored"),
     ("motion_accuracy", "motion accuracy", "motion_scored"),
     ("camera_accuracy", "camera-motion accuracy", "camera_scored"),
     ("style_accuracy", "style accuracy", "style_scored"),
@@ -655,6 +677,7 @@ __all__ = [
     "Track",
     "background_colour",
     "classify_camera",
+    "classify_background",
     "classify_colour",
     "classify_motion",
     "classify_shape",

@@ -125,6 +125,16 @@ class WorldConfig:
     frame hold the watermark band (objects are always placed above it, so metrics can ignore those rows);
     `jpeg_quality` sets the video-domain compression artefacts; `texture_amplitude` (8-bit levels) is the peak of
     the faint background texture that makes camera motion visible.
+
+    `trail_alpha` and `trail_length` draw a fading motion trail behind anything that moves on screen: ghost copies
+    of the object at its positions over the last `trail_length` of the clip (a fraction of the clip's duration,
+    extrapolated backwards before the first frame), with opacity falling from `trail_alpha` to 0. Why: a still
+    picture of a shape moving left and one moving right are otherwise the same picture, so the image model has no
+    reason to attend to the direction words and the motion module (which has no text input of its own) cannot
+    learn the direction. Real photos carry such cues (motion blur, which way a car faces); the trail is the world's.
+    Opacity stays below the metrics' foreground threshold (0.3 of the object's contrast), so segmentation ignores
+    it. Off by default (`trail_alpha=0`): the bundled model was trained without trails, and a short fine-tune on
+    trailed stills did not yet make the image model draw the trail the prompt asks for (docs/world-training.md).
     """
 
     size: int = 64
@@ -137,6 +147,8 @@ class WorldConfig:
     watermark_fraction: float = 0.125
     jpeg_quality: int = 40
     fps: int = 8
+    trail_alpha: float = 0.0
+    trail_length: float = 0.5
 
     def __post_init__(self) -> None:
         self.shapes, self.colours = tuple(self.shapes), tuple(self.colours)
@@ -158,6 +170,15 @@ class WorldConfig:
             )
         if not 1 <= self.jpeg_quality <= 100:
             raise ConfigError(f"WorldConfig.jpeg_quality: found {self.jpeg_quality}, expected 1..100")
+        if not 0.0 <= self.trail_alpha < 0.3:
+            raise ConfigError(
+                f"WorldConfig.trail_alpha: found {self.trail_alpha}, expected a value in [0, 0.3) (a stronger trail "
+                "would be segmented as part of the object by the metrics)"
+            )
+        if not 0.0 < self.trail_length <= 1.0:
+            raise ConfigError(
+                f"WorldConfig.trail_length: found {self.trail_length}, expected a fraction of the clip in (0, 1]"
+            )
 
     def band_rows(self, height: int | None = None) -> int:
         """Number of watermark rows at the bottom of a frame of `height` pixels (default: `size`)."""
@@ -396,9 +417,17 @@ def _fits(spec: ClipSpec, config: WorldConfig) -> bool:
 # geometry
 
 
-def _camera_track(spec: ClipSpec, config: WorldConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame camera zoom factor and horizontal camera offset (pixels; negative = camera moved left)."""
-    time = np.linspace(0.0, 1.0, config.num_frames)
+def _clip_time(config: WorldConfig) -> np.ndarray:
+    """Frame times as fractions of the clip: 0 at the first frame, 1 at the last."""
+    return np.linspace(0.0, 1.0, config.num_frames)
+
+
+def _camera_track(
+    spec: ClipSpec, config: WorldConfig, time: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Camera zoom factor and horizontal camera offset (pixels; negative = camera moved left) at each `time`
+    (fractions of the clip; default: every frame)."""
+    time = _clip_time(config) if time is None else time
     zoom, offset = np.ones_like(time), np.zeros_like(time)
     if spec.camera == "zoom in":
         zoom = (1.0 + spec.camera_speed) ** time
@@ -416,13 +445,17 @@ def _to_screen(world_x: np.ndarray, world_y: np.ndarray, zoom: np.ndarray, offse
     return centre + zoom * (world_x - centre - offset), centre + zoom * (world_y - centre)
 
 
-def object_track(spec: ClipSpec, config: WorldConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per-frame on-screen centre x, centre y, circumradius (pixels) and angle (degrees) of the object.
+def object_track(
+    spec: ClipSpec, config: WorldConfig, time: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """On-screen centre x, centre y, circumradius (pixels) and angle (degrees) of the object at each `time`.
 
-    Object motion is linear in time for translations and rotation and exponential for grow/shrink (so log-size is
-    linear, the way a constant zoom looks); the camera is applied on top.
+    `time` is in fractions of the clip (default: every frame, 0..1); negative times extrapolate the motion to
+    before the first frame (the motion trail uses them). Object motion is linear in time for translations and
+    rotation and exponential for grow/shrink (so log-size is linear, the way a constant zoom looks); the camera is
+    applied on top.
     """
-    time = np.linspace(0.0, 1.0, config.num_frames)
+    time = _clip_time(config) if time is None else np.asarray(time, dtype=np.float64)
     size = config.size
     world_x = np.full_like(time, spec.x * size)
     world_y = np.full_like(time, spec.y * size)
@@ -443,7 +476,7 @@ def object_track(spec: ClipSpec, config: WorldConfig) -> tuple[np.ndarray, np.nd
         radius = radius * (1.0 + spec.speed) ** -time
     elif spec.motion == "rotate":
         angle = angle + 360.0 * spec.speed * time
-    zoom, offset = _camera_track(spec, config)
+    zoom, offset = _camera_track(spec, config, time)
     screen_x, screen_y = _to_screen(world_x, world_y, zoom, offset, size)
     return screen_x, screen_y, radius * zoom, angle
 
@@ -511,10 +544,12 @@ def _coverage(
         vertices = _shape_vertices(shape, angle) * radius[:, None, None]
         vertices = vertices + np.stack([centre_x, centre_y], axis=-1)[:, None, :]
         distance = _polygon_sdf(points, vertices).reshape(frames, crop, crop)
-    canvas = np.zeros((frames, size + 2 * crop, size + 2 * crop))
+    # Pad the canvas so that crops of objects partly or wholly off screen (trail ghosts) still land inside it.
+    pad = crop + int(max(0, -rows.min(), -cols.min(), rows.max() - size + 1, cols.max() - size + 1))
+    canvas = np.zeros((frames, size + 2 * pad, size + 2 * pad))
     frame_index = np.arange(frames)[:, None, None]
-    canvas[frame_index, rows[:, :, None] + crop, cols[:, None, :] + crop] = np.clip(0.5 - distance, 0.0, 1.0)
-    return canvas[:, crop : crop + size, crop : crop + size]
+    canvas[frame_index, rows[:, :, None] + pad, cols[:, None, :] + pad] = np.clip(0.5 - distance, 0.0, 1.0)
+    return canvas[:, pad : pad + size, pad : pad + size]
 
 
 def _pixel_centres(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -555,12 +590,39 @@ def _background(spec: ClipSpec, config: WorldConfig, zoom: np.ndarray, offset: n
     return np.broadcast_to(background, (config.num_frames, config.size, config.size, 3))
 
 
+TRAIL_GHOSTS = 8
+"""Number of ghost copies a motion trail is drawn from (enough for a continuous smear at 64 px)."""
+
+
+def _trail_opacity(spec: ClipSpec, config: WorldConfig) -> np.ndarray:
+    """Opacity (frames, h, w) of the motion trail: the max over ghosts of ghost coverage x fading opacity.
+
+    Ghost k (1..TRAIL_GHOSTS) sits where the object was `k / TRAIL_GHOSTS * trail_length` of the clip earlier,
+    with opacity `trail_alpha * (1 - (k - 1) / TRAIL_GHOSTS)`: the near ghosts are mostly hidden under the object,
+    so the visible part of the trail must not have faded much already. The max (not a sum) keeps overlapping ghosts below
+    `trail_alpha`. Zero when nothing moves on screen.
+    """
+    size, frames = config.size, config.num_frames
+    opacity = np.zeros((frames, size, size))
+    if config.trail_alpha == 0.0 or (spec.motion == "still" and spec.camera is None):
+        return opacity
+    time = _clip_time(config)
+    for ghost in range(1, TRAIL_GHOSTS + 1):
+        lag = config.trail_length * ghost / TRAIL_GHOSTS
+        centre_x, centre_y, radius, angle = object_track(spec, config, time - lag)
+        coverage = _coverage(spec.shape, centre_x, centre_y, radius, angle, size)
+        opacity = np.maximum(opacity, config.trail_alpha * (1.0 - (ghost - 1) / TRAIL_GHOSTS) * coverage)
+    return opacity
+
+
 def _render_frames(spec: ClipSpec, config: WorldConfig) -> np.ndarray:
-    """Clean float frames (frames, h, w, 3) in 0..255: textured background + anti-aliased (styled) shape."""
+    """Clean float frames (frames, h, w, 3) in 0..255: textured background + motion trail + anti-aliased (styled)
+    shape. The trail is the object's colour at reduced opacity, under the object (max of the two opacities)."""
     size = config.size
     zoom, offset = _camera_track(spec, config)
     centre_x, centre_y, radius, angle = object_track(spec, config)
-    coverage = _coverage(spec.shape, centre_x, centre_y, radius, angle, size)[..., None]
+    coverage = _coverage(spec.shape, centre_x, centre_y, radius, angle, size)
+    coverage = np.maximum(coverage, _trail_opacity(spec, config))[..., None]
     colour = np.broadcast_to(shape_colour(spec.colour, spec.style), (config.num_frames, size, size, 3))
     if spec.style == "striped":
         grid_x, grid_y = _pixel_centres(size)
@@ -637,10 +699,14 @@ def render_clip(spec: ClipSpec, config: WorldConfig, video_domain: bool = True) 
 
 
 def render_image(spec: ClipSpec, config: WorldConfig) -> np.ndarray:
-    """Render the clean image-domain picture (h, w, 3) uint8 of a spec: its first frame, no camera, no defects."""
-    still = ClipSpec.from_dict({**spec.to_dict(), "motion": "still", "camera": None, "camera_speed": 0.0})
+    """Render the clean image-domain picture (h, w, 3) uint8 of a spec: its first frame, no camera, no defects.
+
+    A moving spec keeps its motion trail (`WorldConfig.trail_alpha`): the still of something moving shows which
+    way it moves, the way a photo of a moving thing does.
+    """
+    no_camera = ClipSpec.from_dict({**spec.to_dict(), "camera": None, "camera_speed": 0.0})
     single = WorldConfig(**{**_config_dict(config), "num_frames": 2})
-    return _to_uint8(_render_frames(still, single)[0])
+    return _to_uint8(_render_frames(no_camera, single)[0])
 
 
 def _config_dict(config: WorldConfig) -> dict[str, Any]:
