@@ -213,3 +213,12 @@ def test_eval_scores_style_when_the_suffix_is_a_style_trigger(files, tmp_path) -
     results = json.loads(out.read_text())
     assert len(results["clips"]) == 2
     assert all(row["style_correct"] is not None for row in results["clips"])  # style is scored, not n/a
+
+
+def test_world_make_with_a_motion_trail(tmp_path, capsys) -> None:
+    out = tmp_path / "trail"
+    assert main(["world", "make", str(out), "--preset", "pastel", "--scale", "0.02", "--trail-alpha", "0.25"]) == 0
+    manifest = json.loads((out / "world.json").read_text())
+    assert manifest["config"]["trail_alpha"] == 0.25 and manifest["num_images"] == 4
+    assert main(["world", "make", str(tmp_path / "bad"), "--trail-alpha", "0.9"]) != 0
+    assert "trail_alpha" in capsys.readouterr().err
