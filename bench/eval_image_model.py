@@ -19,29 +19,34 @@ import json
 
 import numpy as np
 
+from zoetrope.media import frames_to_uint8
 from zoetrope.pipelines.load import load_pipeline
 from zoetrope.pipelines.text_to_video import generate
 from zoetrope.world.bundled import bundled_paths
 from zoetrope.world.metrics import classify_background, classify_colour, classify_shape
-from zoetrope.world.render import BACKGROUNDS, COLOURS, SHAPES
+from zoetrope.world.render import BACKGROUNDS, COLOURS, MOTION_PHRASES, SHAPES
 
 SIZE = 64
 
 
 def prompt_grid(count: int) -> list[tuple[str, str, str]]:
-    """`count` (colour, shape, background) triples cycling through every value of each (24 covers each colour x
-    shape pairing's colours and shapes evenly and every background 6 times)."""
+    """`count` (colour, shape, background) triples cycling through every value of each (24 prompts: every colour
+    4 times, every shape 6 times, every background 6 times)."""
     colours, backgrounds = list(COLOURS), list(BACKGROUNDS)
-    return [(colours[i % 6], SHAPES[(i // 6 + i) % 4], backgrounds[(i // 3) % 4]) for i in range(count)]
+    return [
+        (colours[i % len(colours)], SHAPES[(i // len(colours) + i) % len(SHAPES)], backgrounds[(i // 3) % len(backgrounds)])
+        for i in range(count)
+    ]
 
 
 def stills(pipeline, prompts: list[str], seeds: int, steps: int, guidance: float) -> np.ndarray:
-    """uint8-range float stills (len(prompts), seeds, h, w, 3): one generation per prompt, `seeds` frames each."""
+    """Stills as float 8-bit levels (len(prompts), seeds, h, w, 3): one generation per prompt, `seeds` frames each
+    (independent noise per frame, motion off)."""
     result = generate(
         pipeline, prompts, num_frames=seeds, width=SIZE, height=SIZE, steps=steps, guidance_scale=guidance,
         seed=list(range(len(prompts))), motion_strength=0.0, progress=False,
     )
-    return result.frames.permute(0, 2, 3, 4, 1).numpy() * 255.0
+    return np.stack([frames_to_uint8(video) for video in result.frames]).astype(np.float64)
 
 
 def evaluate(model: str, prompts: int = 24, seeds: int = 4, steps: int = 20, guidance: float = 7.5) -> dict:
@@ -58,13 +63,16 @@ def evaluate(model: str, prompts: int = 24, seeds: int = 4, steps: int = 20, gui
             hits["background"] += classify_background(frame[None]) == background
     total = prompts * seeds
     directions = {}
-    for first, second in (("left", "right"), ("up", "down"), ("growing", "shrinking")):
-        def phrase(word: str) -> str:
-            return word if word.endswith("ing") else f"moving {word}"
-
-        pair = [[f"a {c} {s} {phrase(word)} on a {b} background" for c, s, b in grid[:8]] for word in (first, second)]
-        one, two = (stills(pipeline, texts_, seeds, steps, guidance) for texts_ in pair)
-        directions[f"{first} -> {second}"] = float(np.abs(one - two).mean())
+    for first, second in (("left", "right"), ("up", "down"), ("grow", "shrink")):
+        one, two = (
+            stills(
+                pipeline,
+                [f"a {c} {s} {MOTION_PHRASES[motion]} on a {b} background" for c, s, b in grid[:8]],
+                seeds, steps, guidance,
+            )
+            for motion in (first, second)
+        )
+        directions[f"{MOTION_PHRASES[first]} -> {MOTION_PHRASES[second]}"] = float(np.abs(one - two).mean())
     seed_change = float(np.abs(images[:8, :1] - images[:8, 1:2]).mean()) if seeds > 1 else None
     return {
         "model": model,
@@ -87,11 +95,11 @@ def main() -> None:
     results = evaluate(args.model, args.prompts, args.seeds, args.steps, args.guidance)
     print(f"{results['model']}: {results['stills']} stills")
     for name in ("colour", "shape", "background"):
-        print(f"  {name + ' accuracy':<22}{100 * results[f'{name}_accuracy']:6.1f} %")
+        print(f"  {name + ' accuracy':<30}{100 * results[f'{name}_accuracy']:6.1f} %")
     for name, change in results["word_change_levels"].items():
-        print(f"  {name:<22}{change:6.2f} levels changed (same seed)")
+        print(f"  {name:<30}{change:6.2f} levels changed (same seed)")
     if results["seed_change_levels"] is not None:
-        print(f"  {'another seed':<22}{results['seed_change_levels']:6.2f} levels changed (another noise draw, for scale)")
+        print(f"  {'another seed':<30}{results['seed_change_levels']:6.2f} levels changed (another noise draw, for scale)")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=2)

@@ -599,20 +599,19 @@ def _trail_opacity(spec: ClipSpec, config: WorldConfig) -> np.ndarray:
 
     Ghost k (1..TRAIL_GHOSTS) sits where the object was `k / TRAIL_GHOSTS * trail_length` of the clip earlier,
     with opacity `trail_alpha * (1 - (k - 1) / TRAIL_GHOSTS)`: the near ghosts are mostly hidden under the object,
-    so the visible part of the trail must not have faded much already. The max (not a sum) keeps overlapping ghosts below
-    `trail_alpha`. Zero when nothing moves on screen.
+    so the visible part of the trail must not have faded much already. The max (not a sum) keeps overlapping
+    ghosts below `trail_alpha`. All ghosts of all frames are rasterised in one `_coverage` call. Zero when nothing
+    moves on screen.
     """
     size, frames = config.size, config.num_frames
-    opacity = np.zeros((frames, size, size))
     if config.trail_alpha == 0.0 or (spec.motion == "still" and spec.camera is None):
-        return opacity
-    time = _clip_time(config)
-    for ghost in range(1, TRAIL_GHOSTS + 1):
-        lag = config.trail_length * ghost / TRAIL_GHOSTS
-        centre_x, centre_y, radius, angle = object_track(spec, config, time - lag)
-        coverage = _coverage(spec.shape, centre_x, centre_y, radius, angle, size)
-        opacity = np.maximum(opacity, config.trail_alpha * (1.0 - (ghost - 1) / TRAIL_GHOSTS) * coverage)
-    return opacity
+        return np.zeros((frames, size, size))
+    ghost = np.arange(1, TRAIL_GHOSTS + 1)
+    lags = config.trail_length * ghost / TRAIL_GHOSTS
+    times = (_clip_time(config)[None, :] - lags[:, None]).reshape(-1)  # (ghosts * frames,), ghost-major
+    coverage = _coverage(spec.shape, *object_track(spec, config, times), size)
+    fading = config.trail_alpha * (1.0 - (ghost - 1) / TRAIL_GHOSTS)
+    return (coverage.reshape(TRAIL_GHOSTS, frames, size, size) * fading[:, None, None, None]).max(axis=0)
 
 
 def _render_frames(spec: ClipSpec, config: WorldConfig) -> np.ndarray:
