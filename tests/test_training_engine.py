@@ -452,3 +452,51 @@ def test_snr_gamma_weights_each_sample_of_the_loss(training_files, tmp_path) -> 
     expected = (error.flatten(1).mean(1).double() * torch.clamp(snr, max=5.0) / snr).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert loss.item() < error.mean().item()  # some timestep is cleaner than SNR 5, so the weighted loss is smaller
+
+
+class CountingClips(TensorClips):
+    """TensorClips that counts how often each item is read."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.reads = [0] * len(self.clips)
+
+    def __getitem__(self, index: int) -> dict:
+        self.reads[index] += 1
+        return super().__getitem__(index)
+
+
+@pytest.mark.parametrize("stage", ["image", "motion"])
+def test_cache_latents_trains_exactly_as_without_and_reads_each_item_once(training_files, tmp_path, stage) -> None:
+    changes = dict(steps=6, batch_size=2, latent_sample=False, caption_dropout=0.5, data={"random_flip": False})
+    runs = {}
+    for cache in (False, True):
+        data = CountingClips(count=4, image=is_image(stage))
+        trainer = Trainer(make_config(training_files, tmp_path / str(cache), stage, cache_latents=cache, **changes), dataset=data)
+        trainer.fit()
+        runs[cache] = (trainer, data.reads)
+    assert runs[False][1] == [3, 3, 3, 3]  # 6 steps x 2 = 3 epochs of 4 items
+    assert runs[True][1] == [1, 1, 1, 1]
+    for name, parameter in runs[False][0].trainable.items():
+        assert torch.equal(parameter, runs[True][0].trainable[name]), name
+
+
+def test_cache_latents_refuses_what_it_would_freeze_or_lose(training_files, tmp_path) -> None:
+    base = dict(cache_latents=True, latent_sample=False, data={"random_flip": False})
+    with pytest.raises(ConfigError, match="latent_sample: false"):
+        make_config(training_files, tmp_path, "image", **{**base, "latent_sample": True})
+    with pytest.raises(ConfigError, match="random_flip: false"):
+        make_config(training_files, tmp_path, "image", **{**base, "data": {}})
+    with pytest.raises(ConfigError, match="num_workers: 0"):
+        make_config(training_files, tmp_path, "image", num_workers=1, **base)
+    with pytest.raises(ConfigError, match="trains the VAE"):
+        Trainer(make_config(training_files, tmp_path, "vae", **base), dataset=TensorClips(image=True))
+    from zoetrope.media import save_video
+
+    (tmp_path / "videos").mkdir()
+    save_video(torch.rand(3, FRAMES, SIZE, SIZE), tmp_path / "videos" / "clip.mp4", fps=8)
+    (tmp_path / "videos.csv").write_text("videoid,name,page_dir\nclip,a red circle,world\n")
+    video_data = {"kind": "video", "csv_path": str(tmp_path / "videos.csv"), "video_folder": str(tmp_path / "videos"),
+                  "num_frames": FRAMES, "size": SIZE, "random_flip": False}
+    with pytest.raises(ConfigError, match="random frame"):
+        Trainer(make_config(training_files, tmp_path, "domain-adapter", **{**base, "data": video_data}))

@@ -132,6 +132,17 @@ class TrainConfig:
     `scaling_factor` to 1 / std of its latent means on the training data, so diffusion sees unit-variance latents
     (LDM, Rombach et al. 2022, §4.3.2: how SD's 0.18215 was found).
 
+    `cache_latents` (diffusion stages): encode each training item with the frozen VAE the first time it is drawn
+    and keep its latents in memory (kohya's `--cache_latents`): every later epoch skips decoding and encoding, which
+    is most of a small UNet's step. Only exact when an item's pixels are the same every epoch, so it needs
+    `latent_sample: false`, `data.random_flip: false`, `num_workers: 0`, and no random frame choice (image mode of
+    a video dataset); clips longer than the sampled span keep their first random start. In memory: fits the shapes
+    world (2,000 clips: 130 MB), not WebVid.
+
+    `reconstruction_loss` (`vae` stage): the pixel term of the autoencoder loss. LDM's autoencoders train with L1
+    (plus perceptual and GAN terms, which need pretrained networks); MSE is the default for backward compatibility.
+    L1 keeps small, saturated objects sharp where MSE spends the capacity on the high-energy background texture.
+
     `snr_gamma`: Min-SNR-gamma loss weighting (Hang et al. 2023, arXiv 2303.09556; diffusers' `--snr_gamma`, 5 is
     the paper's value): each sample's epsilon loss is weighted by min(SNR(t), gamma) / SNR(t), so the nearly clean
     timesteps, whose gradients fight the coarse-structure timesteps, stop dominating. Unset = plain MSE (SD).
@@ -161,7 +172,9 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     caption_dropout: float = 0.1
     kl_weight: float = 1e-6
+    reconstruction_loss: Literal["l1", "mse"] = "mse"
     latent_sample: bool = True
+    cache_latents: bool = False
     calibrate_scaling_factor: bool = False
     snr_gamma: Optional[float] = None
     seed: int = 42
@@ -192,6 +205,13 @@ class TrainConfig:
             raise ConfigError(f"caption_dropout={self.caption_dropout}; expected a probability in [0, 1]")
         if self.snr_gamma is not None and not self.snr_gamma > 0:
             raise ConfigError(f"snr_gamma={self.snr_gamma}; expected a positive number (5 is usual) or no value (off)")
+        if self.cache_latents:
+            if self.latent_sample:
+                raise ConfigError("cache_latents=true stores one encoding per item; set latent_sample: false (train on the posterior mean)")
+            if self.num_workers:
+                raise ConfigError(f"cache_latents=true keeps latents in the training process; set num_workers: 0 (got {self.num_workers})")
+            if self.data.get("random_flip", True):
+                raise ConfigError("cache_latents=true would freeze each item's first random flip; set data.random_flip: false")
         if self.lr <= 0 or self.grad_clip < 0:
             raise ConfigError(f"lr={self.lr}, grad_clip={self.grad_clip}; expected lr > 0 and grad_clip >= 0 (0 = off)")
         if self.lora.rank < 1:

@@ -210,7 +210,34 @@ def build_dataset(config: TrainConfig, stage: Stage, rank: int = 0) -> Dataset:
 
 
 def collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    return {"pixel_values": torch.stack([item["pixel_values"] for item in items]), "text": [item["text"] for item in items]}
+    """Stack `pixel_values` (or the cached `latents`) and list the captions."""
+    key = "latents" if "latents" in items[0] else "pixel_values"
+    return {key: torch.stack([item[key] for item in items]), "text": [item["text"] for item in items]}
+
+
+class LatentCache(Dataset):
+    """A dataset whose items' pixels are replaced by their latents, encoded on first use and then kept in memory.
+
+    Lazy rather than a pass over the whole dataset up front: a run shorter than an epoch (the world's motion stage)
+    pays nothing extra, and each rank encodes only the items its sampler draws. `encode` maps one item's pixels to
+    latents `(1, c, f, h, w)`; they are stored without the batch axis.
+    """
+
+    def __init__(self, dataset: Dataset, encode: Any) -> None:
+        self.dataset = dataset
+        self.encode = encode
+        self.items: dict[int, dict[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        cached = self.items.get(index)
+        if cached is None:
+            item = self.dataset[index]
+            cached = {"latents": self.encode(item["pixel_values"])[0].cpu(), "text": item["text"]}
+            self.items[index] = cached
+        return cached
 
 
 # ---------------------------------------------------------------------------------------------------- metrics
@@ -319,6 +346,10 @@ class Trainer:
                 f"{self.sampler.num_samples} of the {len(self.dataset)} samples; lower batch_size or add data"
             )
 
+        if config.cache_latents:
+            self._check_cacheable()
+            self.dataset = LatentCache(self.dataset, self._latents)
+
         # 5. Resume.
         resumed = self._resume() if resume else None
         if self.dist.is_main:
@@ -328,6 +359,19 @@ class Trainer:
         self.dist.barrier()
 
     # ------------------------------------------------------------------ setup helpers
+    def _check_cacheable(self) -> None:
+        """`cache_latents` needs latents that are a fixed function of the item (see `TrainConfig`)."""
+        name = self.stage.name
+        if self.stage.objective != "epsilon":
+            raise ConfigError(f"cache_latents=true but stage {name!r} trains the VAE itself; remove cache_latents")
+        if self.stage.conditions is not None:
+            raise ConfigError(f"cache_latents=true but stage {name!r} also reads the pixels (its conditions); remove cache_latents")
+        if getattr(getattr(self.dataset, "config", None), "image_mode", False):
+            raise ConfigError(
+                f"cache_latents=true would freeze the random frame stage {name!r} takes from each clip; remove "
+                "cache_latents, or train on an image folder (data.kind: images)"
+            )
+
     def _autocast_dtype(self) -> torch.dtype | None:
         precision = self.config.mixed_precision
         if precision == "no":
@@ -374,7 +418,7 @@ class Trainer:
             latents = encode_frames(
                 self.model.image_model.vae, frames, self.config.vae_chunk_size, self.generator, self.config.latent_sample
             )
-        return latents.float()
+        return latents.float().contiguous()  # encode_frames returns a permuted view; cached latents are contiguous
 
     def diffusion_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """Latents, noise, timesteps and token ids of a batch; random draws per sample, in order (see module doc).
@@ -382,12 +426,13 @@ class Trainer:
         Per sample: VAE posterior sample, timestep ~ U{0..T-1}, noise ~ N(0, I), caption dropout, then the stage's
         extra inputs (`Stage.conditions`, e.g. SparseCtrl keyframes), returned under "conditions".
         """
-        pixels, texts = batch["pixel_values"], list(batch["text"])
+        pixels, texts = batch.get("pixel_values"), list(batch["text"])
         latents, noise, timesteps, captions = [], [], [], []
         conditions: dict[str, list[torch.Tensor]] = {}
         steps = self.noise_scheduler.config.num_train_timesteps
+        cached = batch.get("latents")
         for index in range(len(texts)):
-            sample = self._latents(pixels[index])
+            sample = cached[index : index + 1].to(self.device) if cached is not None else self._latents(pixels[index])
             latents.append(sample)
             timesteps.append(torch.randint(0, steps, (1,), generator=self.generator))
             noise.append(torch.randn(sample.shape, generator=self.generator).to(self.device))
@@ -421,7 +466,8 @@ class Trainer:
             with self.autocast():
                 reconstruction, kl = self.network(pixels, eps)
             # LDM's autoencoder objective (Rombach et al. 2022, appendix G) without the perceptual/GAN terms.
-            return F.mse_loss(reconstruction.float(), pixels) + self.config.kl_weight * kl.float().mean()
+            pixel_loss = F.l1_loss if self.config.reconstruction_loss == "l1" else F.mse_loss
+            return pixel_loss(reconstruction.float(), pixels) + self.config.kl_weight * kl.float().mean()
         inputs = self.diffusion_inputs(batch)
         noisy = self.noise_scheduler.add_noise(inputs["latents"], inputs["noise"], inputs["timesteps"])
         with self.autocast():
