@@ -29,7 +29,7 @@ def test_seed_per_video_is_reproducible_alone_or_in_a_batch(pipeline) -> None:
     second = generate(pipeline, "a blue square", seed=12, return_latents=True, **SMALL)
     again = generate(pipeline, "a blue square", seed=12, return_latents=True, **SMALL)
     assert torch.equal(second.latents, again.latents)
-    assert torch.allclose(both.latents[1], second.latents[0], atol=1e-5)
+    assert torch.allclose(both.latents[1], second.latents[0], atol=1e-4)  # batch 2 vs 1 GEMM blocking: ~5e-5 apart on one thread
     other = generate(pipeline, "a blue square", seed=13, return_latents=True, **SMALL)
     assert not torch.allclose(other.latents, second.latents, atol=1e-3)
 

@@ -8,7 +8,8 @@
 #   motion-nodapter is the no-adapter baseline for the watermark-leakage comparison (measured, not shipped);
 #   then the SparseCtrl encoders (RGB and sketch) on the frozen motion model.
 # Set SKIP_BASELINE=1 to skip the baseline, SKIP_DATA=1 to reuse data/world/, FROM=<stage> to start at a stage
-# (earlier exports must exist), SKIP_INSTALL=1 to leave the package data alone.
+# (earlier exports must exist), SKIP_INSTALL=1 to leave the package data alone, SKIP_SPARSECTRL=1 to stop after the
+# AnimateDiff stages (no SparseCtrl encoders, nothing installed).
 set -euo pipefail
 # Threads: a stage that runs alone gets every core (THREADS, default 2 = this machine); two concurrent stages get
 # one each. One intra-op thread per process also avoids OpenMP spin-waiting when the cores are shared.
@@ -40,10 +41,13 @@ timed() {  # timed NAME COMMAND...: run, log, and record the wall time and the m
 
 # 1. Data: the base world at scale 4 (2,000 watermarked clips + 2,000 clean images, 75% of them captioned with a
 #    motion), the personalisation set (200 pastel images) and one 50-clip set per MotionLoRA camera motion.
+#    Every set has the fading motion trail behind moving things (TRAIL, default 0.25; 0 = the plain world): without
+#    it a still of a shape moving left is the same picture as one moving right (docs/world-training.md).
+TRAIL=${TRAIL:-0.25}
 if [ "${SKIP_DATA:-0}" != 1 ] && [ -z "${FROM:-}" ]; then
-    timed world-base zoetrope world make "$DATA/base" --preset base --scale 4 --overwrite
+    timed world-base zoetrope world make "$DATA/base" --preset base --scale 4 --trail-alpha "$TRAIL" --overwrite
     for preset in pastel zoom-in pan-left; do
-        timed "world-$preset" zoetrope world make "$DATA/$preset" --preset "$preset" --overwrite
+        timed "world-$preset" zoetrope world make "$DATA/$preset" --preset "$preset" --trail-alpha "$TRAIL" --overwrite
     done
 fi
 
@@ -67,6 +71,7 @@ pair motion "$BASELINE"
 pair motion-lora-zoom-in motion-lora-pan-left
 # SparseCtrl encoders (issue 5; after the AnimateDiff stages, outside their 60-minute budget). The frame-by-frame
 # encoder (no motion modules) is the paper's ablation, measured by bench/eval_sparsectrl.py, not shipped.
+[ "${SKIP_SPARSECTRL:-0}" = 1 ] && exit 0
 pair sparsectrl-rgb sparsectrl-sketch
 NOTEMPORAL=sparsectrl-rgb-notemporal
 [ "${SKIP_BASELINE:-0}" = 1 ] && NOTEMPORAL=""

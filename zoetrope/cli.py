@@ -202,7 +202,7 @@ def _control(args: argparse.Namespace, pipeline):
         if path is None:
             raise ConfigError(f"--control {args.control}: give the encoder file with --control-model PATH")
     keyframes = [parse_keyframe(item) for item in args.keyframe]
-    size = pipeline.video_unet.config.sample_size * pipeline.vae_scale
+    size = pipeline.default_size
     return _sparse_control(
         pipeline, path, keyframes, args.frames, args.width or size, args.height or size, scale=args.control_scale,
         normalize=args.normalize_sketch, condition=args.control, option="--control",
@@ -319,7 +319,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             num_frames = int(entry.get("L", args.frames))
             control = None
             if keyframes:
-                size = pipeline.video_unet.config.sample_size * pipeline.vae_scale
+                size = pipeline.default_size
                 control = _sparse_control(
                     pipeline, Path(entry["controlnet_path"]), keyframes, num_frames, entry.get("W") or size,
                     entry.get("H") or size, scale=float(entry.get("controlnet_conditioning_scale", 1.0)),

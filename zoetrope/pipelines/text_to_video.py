@@ -100,6 +100,11 @@ class VideoPipeline:
     def vae_scale(self) -> int:
         return 2 ** (len(self.image_model.vae.config.block_out_channels) - 1)
 
+    @property
+    def default_size(self) -> int:
+        """The frame side (pixels) the image model was trained at: UNet sample size x VAE downscale (512 for SD1.5)."""
+        return int(self.video_unet.config.sample_size) * self.vae_scale
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "VideoPipeline":
         moves = {key: value for key, value in (("device", device), ("dtype", dtype)) if value is not None}
         for module in (self.image_model.text_encoder, self.image_model.vae, self.video_unet):
@@ -347,8 +352,7 @@ def generate(
     if not prompts:
         raise InputError("prompt: at least one prompt is needed")
     travel = travel or TravelSettings()
-    default_size = pipeline.video_unet.config.sample_size * pipeline.vae_scale
-    width, height = width or default_size, height or default_size
+    width, height = width or pipeline.default_size, height or pipeline.default_size
     check_size(width, height, pipeline.vae_scale)
     if context is None:
         pipeline.video_unet.check_frames(num_frames)

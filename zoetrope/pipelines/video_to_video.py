@@ -55,8 +55,7 @@ def video_to_video(
         raise InputError(f"strength={strength}: must be between 0 and 1")
     fps = None
     if not isinstance(video, torch.Tensor):
-        default = pipeline.video_unet.config.sample_size * pipeline.vae_scale
-        video, fps = load_video_frames(video, width or default, height or default)
+        video, fps = load_video_frames(video, width or pipeline.default_size, height or pipeline.default_size)
     if video.ndim != 5 or video.shape[1] != 3:
         raise InputError(f"video: expected frames (1, 3, f, H, W) in [0, 1], got shape {tuple(video.shape)}")
     height, width, num_frames = video.shape[3], video.shape[4], video.shape[2]
