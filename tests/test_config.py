@@ -18,6 +18,7 @@ from zoetrope.training.config import TrainConfig, load_train_config
 from zoetrope.training.stages import STAGES
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+TRAINING_CONFIGS = sorted(CONFIGS.glob("*.yaml")) + sorted((CONFIGS / "world").rglob("*.yaml"))
 
 
 @dataclass
@@ -145,9 +146,8 @@ def test_train_config_checks_values_and_names_the_field() -> None:
 
 
 def test_example_configs_cover_every_stage_and_load_strictly() -> None:
-    files = sorted(CONFIGS.glob("*.yaml"))
     stages = set()
-    for path in files:
+    for path in TRAINING_CONFIGS:
         config = load_train_config(path)
         assert isinstance(config, TrainConfig)
         stages.add(config.stage)
@@ -159,7 +159,7 @@ def test_example_configs_data_sections_map_onto_the_dataset_configs() -> None:
     from zoetrope.training.engine import data_config
     from zoetrope.training.stages import get_stage
 
-    for path in sorted(CONFIGS.glob("*.yaml")):
+    for path in TRAINING_CONFIGS:
         config = load_train_config(path)
         settings = data_config(config, get_stage(config.stage))
         if isinstance(settings, VideoDataConfig):
