@@ -43,7 +43,7 @@ def test_more_frames_than_the_pe_needs_context_windows(pipeline) -> None:
 def test_windows_do_not_change_a_frame_local_model(frame_local) -> None:
     plain = generate(frame_local, "a red circle", num_frames=8, **SMALL).latents
     windowed = generate(frame_local, "a red circle", num_frames=8, context=ContextConfig(length=4, overlap=2), **SMALL).latents
-    assert torch.allclose(plain, windowed, atol=1e-5)
+    assert torch.allclose(plain, windowed, atol=1e-4)  # 8 frames vs windows of 4: GEMM blocking differs (~1e-4 on one thread)
 
 
 def test_one_motion_window_over_all_frames_is_no_window() -> None:
