@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -101,8 +102,7 @@ def main() -> None:
     for name in ("colour", "shape", "background"):
         print(f"  {name + ' accuracy':<22}original {100 * results['original'][name]:5.1f} %   round trip {100 * results['round_trip'][name]:5.1f} %")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=2)
+        Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")
 
 
 if __name__ == "__main__":
