@@ -500,3 +500,44 @@ def test_cache_latents_refuses_what_it_would_freeze_or_lose(training_files, tmp_
                   "num_frames": FRAMES, "size": SIZE, "random_flip": False}
     with pytest.raises(ConfigError, match="random frame"):
         Trainer(make_config(training_files, tmp_path, "domain-adapter", **{**base, "data": video_data}))
+
+
+def test_gradient_difference_loss_by_hand() -> None:
+    from zoetrope.training.engine import gradient_difference_loss
+
+    target = torch.tensor([[0.0, 1.0, 1.0], [0.0, 1.0, 1.0]])  # one vertical edge
+    blurred = torch.tensor([[0.0, 0.5, 1.0], [0.0, 0.5, 1.0]])
+    # x: |grad target| = [1, 0], |grad blurred| = [0.5, 0.5] -> mean |diff| 0.5; y: all flat -> 0
+    assert math.isclose(float(gradient_difference_loss(blurred, target)), 0.5)
+    assert float(gradient_difference_loss(target + 0.3, target)) < 1e-6  # a colour shift has no edges to get wrong
+
+
+def test_vae_loss_options_change_the_pixel_term(tmp_path) -> None:
+    """Same seed, same batch: l1 replaces the MSE term, gradient_loss_weight adds w x the gradient-difference loss."""
+    import torch.nn.functional as F
+
+    from zoetrope.training.engine import gradient_difference_loss
+
+    data = TensorClips(image=True)
+    batch = collate([data[0], data[1]])
+    losses, parts = {}, {}
+    for name, changes in {"mse": {}, "l1": {"reconstruction_loss": "l1"}, "gdl": {"gradient_loss_weight": 2.0}}.items():
+        config = load_train_config(merge_config_values(
+            {"stage": "vae", "output_dir": str(tmp_path / name), "steps": 1, "batch_size": 2, "kl_weight": 0.0,
+             "model": {"architecture": {"vae": {"block_out_channels": [8, 8], "down_block_types": ["DownEncoderBlock2D"] * 2,
+                                                "up_block_types": ["UpDecoderBlock2D"] * 2, "norm_num_groups": 4,
+                                                "latent_channels": 4, "sample_size": SIZE}}}},
+            changes,
+        ))
+        trainer = Trainer(config, dataset=data)
+        with torch.no_grad():
+            losses[name] = float(trainer.micro_loss(batch))
+            eps = torch.randn((2, 4, SIZE // 2, SIZE // 2), generator=torch.Generator().manual_seed(config.seed))
+            reconstruction, _ = trainer.network(batch["pixel_values"], eps)
+            parts[name] = (F.mse_loss(reconstruction, batch["pixel_values"]), F.l1_loss(reconstruction, batch["pixel_values"]),
+                           gradient_difference_loss(reconstruction, batch["pixel_values"]))
+    assert math.isclose(losses["mse"], float(parts["mse"][0]), rel_tol=1e-5)
+    assert math.isclose(losses["l1"], float(parts["l1"][1]), rel_tol=1e-5)
+    assert math.isclose(losses["gdl"], float(parts["gdl"][0] + 2.0 * parts["gdl"][2]), rel_tol=1e-5)
+    with pytest.raises(ConfigError, match="gradient_loss_weight"):
+        load_train_config({"stage": "vae", "output_dir": "o", "gradient_loss_weight": -1.0})
