@@ -133,8 +133,8 @@ class TrainConfig:
     (LDM, Rombach et al. 2022, §4.3.2: how SD's 0.18215 was found).
 
     `cache_latents` (diffusion stages): encode each training item with the frozen VAE the first time it is drawn
-    and keep its latents in memory (kohya's `--cache_latents`): every later epoch skips decoding and encoding, which
-    is most of a small UNet's step. Only exact when an item's pixels are the same every epoch, so it needs
+    and keep its latents in memory (kohya's `--cache_latents`): every later epoch skips decoding and encoding (~7 %
+    of the shapes world's image step, measured; more where the VAE is large next to the UNet). Only exact when an item's pixels are the same every epoch, so it needs
     `latent_sample: false`, `data.random_flip: false`, `num_workers: 0`, and no random frame choice (image mode of
     a video dataset); clips longer than the sampled span keep their first random start. In memory: fits the shapes
     world (2,000 clips: 130 MB), not WebVid.
