@@ -37,7 +37,7 @@ import torch
 from einops import rearrange
 
 from zoetrope.formats.sparsectrl import load_sparse_control
-from zoetrope.media import frames_to_uint8
+from zoetrope.media import frames_to_uint8, psnr
 from zoetrope.pipelines.components import decode_latents, encode_frames
 from zoetrope.pipelines.image_to_video import prepare_control
 from zoetrope.pipelines.load import load_pipeline
@@ -52,12 +52,6 @@ TARGETS = {"keyframe_psnr": (">=", 25.0), "seam_ratio": ("<=", 1.5), "centroid_e
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (k, h, w, 3) -> (k, 3, h, w) in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(images)).float().div(255.0).permute(0, 3, 1, 2)
-
-
-def psnr(first: np.ndarray, second: np.ndarray) -> float:
-    """Peak signal-to-noise ratio of two uint8 images in dB (inf when equal)."""
-    error = float(np.mean((first.astype(np.float64) - second.astype(np.float64)) ** 2))
-    return math.inf if error == 0 else 10.0 * math.log10(255.0**2 / error)
 
 
 def frame_changes(clip: np.ndarray) -> np.ndarray:

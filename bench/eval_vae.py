@@ -19,7 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from einops import rearrange
 
+from zoetrope.media import frames_to_uint8, psnr
+from zoetrope.pipelines.components import decode_latents, encode_frames
 from zoetrope.world.metrics import classify_background, classify_colour, classify_shape
 from zoetrope.world.render import WorldConfig, object_track, render_clip, render_image, sample_clip_spec
 
@@ -43,20 +46,12 @@ def pictures(count: int, config: WorldConfig, video_domain: bool, seed: int) -> 
     return np.stack(images), specs
 
 
-def round_trip(vae: torch.nn.Module, images: np.ndarray, batch: int = 32) -> np.ndarray:
-    """encode (posterior mean) -> decode, back to 8-bit levels as float."""
-    out = []
+def round_trip(vae: torch.nn.Module, images: np.ndarray) -> np.ndarray:
+    """encode (posterior mean) -> decode with the pipeline's own functions, back to 8-bit levels as float."""
+    video = rearrange(torch.from_numpy(images).float().div(255.0), "k h w c -> 1 c k h w")
     with torch.no_grad():
-        for start in range(0, len(images), batch):
-            x = torch.from_numpy(images[start : start + batch]).float().permute(0, 3, 1, 2) / 127.5 - 1
-            y = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
-            out.append(torch.round((y.permute(0, 2, 3, 1) + 1) * 127.5).numpy())
-    return np.concatenate(out).astype(np.float64)
-
-
-def psnr(first: np.ndarray, second: np.ndarray) -> float:
-    error = float(np.mean((first.astype(np.float64) - second.astype(np.float64)) ** 2))
-    return 10 * np.log10(255.0**2 / max(error, 1e-12))
+        decoded = decode_latents(vae, encode_frames(vae, video, sample=False))
+    return frames_to_uint8(decoded[0]).astype(np.float64)
 
 
 def object_box(spec, config: WorldConfig) -> tuple[slice, slice]:

@@ -10,14 +10,10 @@ import torch
 from PIL import Image
 
 from zoetrope.errors import InputError, MediaError
-from zoetrope.media import frames_to_uint8, make_grid, read_image, read_metadata, read_video, save_video
+from zoetrope.media import frames_to_uint8, make_grid, psnr, read_image, read_metadata, read_video, save_video
 
 METADATA = {"prompt": "a red square, naïve café", "seed": 1234, "settings": {"steps": 25, "guidance_scale": 7.5}}
 
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def moving_square(frames: int = 8, height: int = 64, width: int = 64, flat: bool = False) -> np.ndarray:

@@ -78,6 +78,12 @@ _PATTERN = re.compile(r"%0?\d*d")
 # Frames in memory.
 
 
+def psnr(first: np.ndarray, second: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of two 8-bit-level images (any equal shapes) in dB (inf when equal)."""
+    error = float(np.mean((np.asarray(first, dtype=np.float64) - np.asarray(second, dtype=np.float64)) ** 2))
+    return math.inf if error == 0 else 10.0 * math.log10(255.0**2 / error)
+
+
 def frames_to_uint8(frames: torch.Tensor | np.ndarray | Sequence[Image.Image]) -> np.ndarray:
     """Any accepted frame layout -> uint8 numpy `(f, h, w, 3)`.
 
