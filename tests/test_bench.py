@@ -60,3 +60,25 @@ def test_vae_round_trip_bench_reads_true_pictures_perfectly_and_a_blurred_vae_wo
     blurred = bench.evaluate(vae, 24, config, video_domain=False)
     assert blurred["object_psnr"] < sharp["object_psnr"] - 1
     assert blurred["round_trip"]["shape"] < sharp["round_trip"]["shape"]
+
+
+def test_motion_module_probe_sees_order_and_is_zero_for_an_order_blind_module() -> None:
+    """The bundled module acts (motion share > 5 %) and depends on frame order; zeroing its position codes makes
+    temporal attention permutation-equivariant, so the probe must then read an order share of ~0."""
+    import importlib.util
+
+    from zoetrope.pipelines.load import load_pipeline
+
+    spec = importlib.util.spec_from_file_location("probe_motion", ROOT / "bench" / "probe_motion_module.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.swapped("a red circle moving left on a grey background") == "a red circle moving right on a grey background"
+    pipeline = load_pipeline()
+    row = bench.probe(pipeline, clips=1, timesteps=[600])[600]
+    assert row["motion"] > 0.05 and 0.02 < row["order"] < 1.0
+    assert row["true"] > 0 and row["swapped"] > 0
+    for name, buffer in pipeline.video_unet.named_buffers():
+        if name.endswith("pos_encoding"):
+            buffer.zero_()
+    blind = bench.probe(pipeline, clips=1, timesteps=[600])[600]
+    assert blind["order"] < 1e-3 and blind["motion"] > 0.05

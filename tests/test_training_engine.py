@@ -16,7 +16,7 @@ from zoetrope.formats.safe_load import load_state_dict
 from zoetrope.models.video_unet import VideoUNet
 from zoetrope.training.checkpoint import latest_checkpoint, list_checkpoints, load_training_state
 from zoetrope.training.config import load_train_config
-from zoetrope.training.engine import Trainer, collate, drop_captions, lr_factor, min_snr_weights, train
+from zoetrope.training.engine import Trainer, collate, drop_captions, lr_factor, min_snr_weights, sample_timesteps, train
 from zoetrope.training.stages import STAGES
 
 SIZE, FRAMES = 16, 4
@@ -452,6 +452,51 @@ def test_snr_gamma_weights_each_sample_of_the_loss(training_files, tmp_path) -> 
     expected = (error.flatten(1).mean(1).double() * torch.clamp(snr, max=5.0) / snr).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert loss.item() < error.mean().item()  # some timestep is cleaner than SNR 5, so the weighted loss is smaller
+
+
+def test_v_loss_weighting_equals_the_v_prediction_loss(training_files, tmp_path) -> None:
+    config = make_config(training_files, tmp_path, "image", loss_weighting="v", batch_size=3)
+    trainer = Trainer(config, dataset=TensorClips(image=True))
+    batch = collate([trainer.dataset[index] for index in range(3)])
+    state = trainer.generator.get_state()
+    inputs = trainer.diffusion_inputs(batch)
+    trainer.generator.set_state(state)
+    with torch.no_grad():
+        loss = trainer.micro_loss(batch)
+        noisy = trainer.noise_scheduler.add_noise(inputs["latents"], inputs["noise"], inputs["timesteps"])
+        epsilon = trainer.network(noisy, inputs["timesteps"], inputs["input_ids"])
+    # the same prediction read as v (diffusers' get_velocity) against the true v, per sample
+    alpha_bar = trainer.noise_scheduler.alphas_cumprod[inputs["timesteps"]].view(-1, 1, 1, 1)
+    x0 = (noisy - (1 - alpha_bar).sqrt() * epsilon) / alpha_bar.sqrt()
+    v_predicted = alpha_bar.sqrt() * epsilon - (1 - alpha_bar).sqrt() * x0
+    v_true = trainer.noise_scheduler.get_velocity(inputs["latents"], inputs["noise"], inputs["timesteps"])
+    expected = ((v_predicted - v_true) ** 2).flatten(1).mean(1).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+    with pytest.raises(ConfigError, match="snr_gamma"):
+        load_train_config({"stage": "image", "output_dir": "x", "loss_weighting": "v", "snr_gamma": 5})
+
+
+def test_logit_normal_timesteps_follow_the_distribution_and_uniform_is_unchanged() -> None:
+    uniform = load_train_config({"stage": "motion", "output_dir": "x"})
+    drawn = sample_timesteps(uniform, 1000, 5, torch.Generator().manual_seed(3))
+    assert torch.equal(drawn, torch.randint(0, 1000, (5,), generator=torch.Generator().manual_seed(3)))
+
+    config = load_train_config(
+        {"stage": "motion", "output_dir": "x", "timestep_sampling": "logit_normal", "timestep_mean": 1.0}
+    )
+    steps = sample_timesteps(config, 1000, 20000, torch.Generator().manual_seed(0)).double()
+    assert steps.min() >= 0 and steps.max() <= 999
+    # median of floor(1000 * sigmoid(N(1, 1))) is floor(1000 * sigmoid(1)) = 731; a quarter lies below sigmoid(1 - 0.674)
+    assert steps.median().item() == pytest.approx(731, abs=8)
+    assert (steps < 1000 * torch.sigmoid(torch.tensor(1 - 0.6745))).double().mean().item() == pytest.approx(0.25, abs=0.01)
+    assert (steps >= 500).double().mean().item() == pytest.approx(0.8413, abs=0.01)  # P(n > 0) for n ~ N(1, 1)
+
+
+def test_timestep_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="timestep_std"):
+        load_train_config({"stage": "motion", "output_dir": "x", "timestep_sampling": "logit_normal", "timestep_std": 0})
+    with pytest.raises(ConfigError, match="timestep_sampling: logit_normal"):
+        load_train_config({"stage": "motion", "output_dir": "x", "timestep_mean": 1.0})
 
 
 class CountingClips(TensorClips):

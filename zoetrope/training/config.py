@@ -149,6 +149,18 @@ class TrainConfig:
     `snr_gamma`: Min-SNR-gamma loss weighting (Hang et al. 2023, arXiv 2303.09556; diffusers' `--snr_gamma`, 5 is
     the paper's value): each sample's epsilon loss is weighted by min(SNR(t), gamma) / SNR(t), so the nearly clean
     timesteps, whose gradients fight the coarse-structure timesteps, stop dominating. Unset = plain MSE (SD).
+
+    `timestep_sampling`: how each sample's training timestep is drawn. `uniform` (DDPM, SD, AnimateDiff) or
+    `logit_normal` (Esser et al. 2024, SD3, §3.1): t = floor(T * sigmoid(n)), n ~ N(`timestep_mean`,
+    `timestep_std`); a positive mean spends more steps at high noise. Why it matters for motion: an epsilon loss
+    gives the noisiest timesteps, where a clip's layout and direction are decided, weight ~alpha_bar (0.005 at
+    t=900 on AnimateDiff's schedule), so a motion module trained briefly with uniform timesteps learns temporal
+    smoothing from the visible motion of mildly noised clips and hardly learns to take direction from the caption
+    (docs/world-training.md, fifth session). Sampling there (rather than re-weighting the loss) also spends the
+    forward passes where the signal is. `loss_weighting: v` re-weights instead: each sample's epsilon MSE times
+    1 / alpha_bar_t = (SNR + 1) / SNR, which is the v-prediction loss (Salimans & Ho 2022) of the same
+    epsilon-predicting model (kohya's `--v_pred_like_loss` at full strength); it cannot be combined with
+    `snr_gamma`, which pulls the other way.
     """
 
     stage: StageName
@@ -181,6 +193,10 @@ class TrainConfig:
     cache_latents: bool = False
     calibrate_scaling_factor: bool = False
     snr_gamma: Optional[float] = None
+    timestep_sampling: Literal["uniform", "logit_normal"] = "uniform"
+    loss_weighting: Literal["epsilon", "v"] = "epsilon"
+    timestep_mean: float = 0.0
+    timestep_std: float = 1.0
     seed: int = 42
     num_workers: int = 0
     vae_chunk_size: int = 16
@@ -209,6 +225,15 @@ class TrainConfig:
             raise ConfigError(f"caption_dropout={self.caption_dropout}; expected a probability in [0, 1]")
         if self.snr_gamma is not None and not self.snr_gamma > 0:
             raise ConfigError(f"snr_gamma={self.snr_gamma}; expected a positive number (5 is usual) or no value (off)")
+        if self.loss_weighting == "v" and self.snr_gamma is not None:
+            raise ConfigError("loss_weighting: v and snr_gamma weight the loss in opposite directions; keep one of them")
+        if self.timestep_std <= 0:
+            raise ConfigError(f"timestep_std={self.timestep_std}; expected > 0 (the std of the logit-normal timestep draw)")
+        if self.timestep_sampling == "uniform" and (self.timestep_mean, self.timestep_std) != (0.0, 1.0):
+            raise ConfigError(
+                "timestep_mean/timestep_std shape the logit-normal timestep draw; set timestep_sampling: logit_normal "
+                "or remove them"
+            )
         if self.cache_latents:
             if self.latent_sample:
                 raise ConfigError("cache_latents=true stores one encoding per item; set latent_sample: false (train on the posterior mean)")

@@ -127,6 +127,19 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma
     return (torch.clamp(snr, max=gamma) / snr).float()
 
 
+def sample_timesteps(config: TrainConfig, num_train_timesteps: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    """`count` training timesteps in [0, T) as `config.timestep_sampling` says (see `TrainConfig`).
+
+    Uniform is one `randint` draw (bit-identical to runs made before this option); logit-normal is one `randn` draw
+    pushed through a sigmoid, so the run's random stream stays one draw per sample either way.
+    """
+    if config.timestep_sampling == "uniform":
+        return torch.randint(0, num_train_timesteps, (count,), generator=generator)
+    logits = torch.randn(count, generator=generator, dtype=torch.float64) * config.timestep_std + config.timestep_mean
+    steps = torch.floor(torch.sigmoid(logits) * num_train_timesteps).long()
+    return steps.clamp_(0, num_train_timesteps - 1)
+
+
 # ---------------------------------------------------------------------------------------------------- distributed
 @dataclass
 class Distributed:
@@ -448,7 +461,7 @@ class Trainer:
         for index in range(len(texts)):
             sample = cached[index : index + 1].to(self.device) if cached is not None else self._latents(pixels[index])
             latents.append(sample)
-            timesteps.append(torch.randint(0, steps, (1,), generator=self.generator))
+            timesteps.append(sample_timesteps(self.config, steps, 1, self.generator))
             noise.append(torch.randn(sample.shape, generator=self.generator).to(self.device))
             captions += drop_captions([texts[index]], self.config.caption_dropout, self.generator)
             if self.stage.conditions is not None:
@@ -489,11 +502,15 @@ class Trainer:
         noisy = self.noise_scheduler.add_noise(inputs["latents"], inputs["noise"], inputs["timesteps"])
         with self.autocast():
             prediction = self.network(noisy, inputs["timesteps"], inputs["input_ids"], **inputs["conditions"])
-        if self.config.snr_gamma is None:
+        if self.config.snr_gamma is None and self.config.loss_weighting == "epsilon":
             return F.mse_loss(prediction.float(), inputs["noise"].float())
         per_sample = F.mse_loss(prediction.float(), inputs["noise"].float(), reduction="none")
         per_sample = per_sample.flatten(1).mean(dim=1)
-        weights = min_snr_weights(self.noise_scheduler.alphas_cumprod, inputs["timesteps"], self.config.snr_gamma)
+        alphas_cumprod = self.noise_scheduler.alphas_cumprod
+        if self.config.snr_gamma is not None:
+            weights = min_snr_weights(alphas_cumprod, inputs["timesteps"], self.config.snr_gamma)
+        else:  # v: 1 / alpha_bar (see TrainConfig)
+            weights = (1.0 / alphas_cumprod.to(per_sample.device, torch.float64)[inputs["timesteps"]]).float()
         return (per_sample * weights).mean()
 
     def accumulate(self, micro_batches: Sequence[Mapping[str, Any]]) -> float:
