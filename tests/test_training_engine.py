@@ -436,26 +436,10 @@ def test_min_snr_weights_by_hand() -> None:
         load_train_config({"stage": "image", "output_dir": "x", "snr_gamma": 0})
 
 
-def test_snr_gamma_weights_each_sample_of_the_loss(training_files, tmp_path) -> None:
-    config = make_config(training_files, tmp_path, "image", snr_gamma=5.0, batch_size=3)
-    trainer = Trainer(config, dataset=TensorClips(image=True))
-    batch = collate([trainer.dataset[index] for index in range(3)])
-    state = trainer.generator.get_state()
-    inputs = trainer.diffusion_inputs(batch)
-    trainer.generator.set_state(state)
-    with torch.no_grad():
-        loss = trainer.micro_loss(batch)
-        noisy = trainer.noise_scheduler.add_noise(inputs["latents"], inputs["noise"], inputs["timesteps"])
-        error = (trainer.network(noisy, inputs["timesteps"], inputs["input_ids"]) - inputs["noise"]) ** 2
-    alpha_bar = trainer.noise_scheduler.alphas_cumprod[inputs["timesteps"]].double()
-    snr = alpha_bar / (1 - alpha_bar)
-    expected = (error.flatten(1).mean(1).double() * torch.clamp(snr, max=5.0) / snr).mean()
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert loss.item() < error.mean().item()  # some timestep is cleaner than SNR 5, so the weighted loss is smaller
-
-
-def test_v_loss_weighting_equals_the_v_prediction_loss(training_files, tmp_path) -> None:
-    config = make_config(training_files, tmp_path, "image", loss_weighting="v", batch_size=3)
+def weighted_loss_and_its_parts(training_files, tmp_path, **overrides) -> tuple[Trainer, torch.Tensor, dict, torch.Tensor, torch.Tensor]:
+    """An image-stage trainer's `micro_loss` on 3 samples, with the inputs it drew, the noisy latents and the
+    network's epsilon prediction on them (same draws: the generator is rewound), to recompute the loss by hand."""
+    config = make_config(training_files, tmp_path, "image", batch_size=3, **overrides)
     trainer = Trainer(config, dataset=TensorClips(image=True))
     batch = collate([trainer.dataset[index] for index in range(3)])
     state = trainer.generator.get_state()
@@ -465,6 +449,21 @@ def test_v_loss_weighting_equals_the_v_prediction_loss(training_files, tmp_path)
         loss = trainer.micro_loss(batch)
         noisy = trainer.noise_scheduler.add_noise(inputs["latents"], inputs["noise"], inputs["timesteps"])
         epsilon = trainer.network(noisy, inputs["timesteps"], inputs["input_ids"])
+    return trainer, loss, inputs, noisy, epsilon
+
+
+def test_snr_gamma_weights_each_sample_of_the_loss(training_files, tmp_path) -> None:
+    trainer, loss, inputs, _, epsilon = weighted_loss_and_its_parts(training_files, tmp_path, snr_gamma=5.0)
+    error = (epsilon - inputs["noise"]) ** 2
+    alpha_bar = trainer.noise_scheduler.alphas_cumprod[inputs["timesteps"]].double()
+    snr = alpha_bar / (1 - alpha_bar)
+    expected = (error.flatten(1).mean(1).double() * torch.clamp(snr, max=5.0) / snr).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss.item() < error.mean().item()  # some timestep is cleaner than SNR 5, so the weighted loss is smaller
+
+
+def test_v_loss_weighting_equals_the_v_prediction_loss(training_files, tmp_path) -> None:
+    trainer, loss, inputs, noisy, epsilon = weighted_loss_and_its_parts(training_files, tmp_path, loss_weighting="v")
     # the same prediction read as v (diffusers' get_velocity) against the true v, per sample
     alpha_bar = trainer.noise_scheduler.alphas_cumprod[inputs["timesteps"]].view(-1, 1, 1, 1)
     x0 = (noisy - (1 - alpha_bar).sqrt() * epsilon) / alpha_bar.sqrt()
