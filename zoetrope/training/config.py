@@ -152,15 +152,15 @@ class TrainConfig:
 
     `timestep_sampling`: how each sample's training timestep is drawn. `uniform` (DDPM, SD, AnimateDiff) or
     `logit_normal` (Esser et al. 2024, SD3, §3.1): t = floor(T * sigmoid(n)), n ~ N(`timestep_mean`,
-    `timestep_std`); a positive mean spends more steps at high noise. Why it matters for motion: an epsilon loss
-    gives the noisiest timesteps, where a clip's layout and direction are decided, weight ~alpha_bar (0.005 at
-    t=900 on AnimateDiff's schedule), so a motion module trained briefly with uniform timesteps learns temporal
-    smoothing from the visible motion of mildly noised clips and hardly learns to take direction from the caption
-    (docs/world-training.md, fifth session). Sampling there (rather than re-weighting the loss) also spends the
-    forward passes where the signal is. `loss_weighting: v` re-weights instead: each sample's epsilon MSE times
-    1 / alpha_bar_t = (SNR + 1) / SNR, which is the v-prediction loss (Salimans & Ho 2022) of the same
-    epsilon-predicting model (kohya's `--v_pred_like_loss` at full strength); it cannot be combined with
-    `snr_gamma`, which pulls the other way.
+    `timestep_std`); a positive mean spends more steps at high noise. Why one would: an epsilon loss gives the
+    noisiest timesteps, where a clip's layout and direction are decided, weight ~alpha_bar (0.005 at t=900 on
+    AnimateDiff's schedule), and sampling there (rather than re-weighting the loss) spends the forward passes where
+    that signal is. Measured on the shapes world at CPU scale it did not make the motion module follow directions
+    (docs/world-training.md, fifth session): off in every world config.
+
+    `loss_weighting: v` re-weights instead: each sample's epsilon MSE times 1 / alpha_bar_t = (SNR + 1) / SNR,
+    which is the v-prediction loss (Salimans & Ho 2022) of the same epsilon-predicting model (kohya's
+    `--v_pred_like_loss` at full strength); it cannot be combined with `snr_gamma`, which pulls the other way.
     """
 
     stage: StageName
@@ -194,9 +194,9 @@ class TrainConfig:
     calibrate_scaling_factor: bool = False
     snr_gamma: Optional[float] = None
     timestep_sampling: Literal["uniform", "logit_normal"] = "uniform"
-    loss_weighting: Literal["epsilon", "v"] = "epsilon"
     timestep_mean: float = 0.0
     timestep_std: float = 1.0
+    loss_weighting: Literal["epsilon", "v"] = "epsilon"
     seed: int = 42
     num_workers: int = 0
     vae_chunk_size: int = 16
