@@ -16,7 +16,9 @@ this prints:
 - `loss true / swapped`: epsilon MSE with the true caption and with its motion word swapped (left <-> right,
   up <-> down, growing <-> shrinking), and `caption gain` = swapped / true - 1 (0 = the direction word is ignored).
 
-Seconds per clip and timestep on a CPU.
+Clips are rendered in the video domain (watermark band, JPEG), as the motion stage trains on; `--adapter` attaches
+the domain adapter as that stage does (the numbers in docs/world-training.md were taken without it, as inference
+runs). Seconds per clip and timestep on a CPU.
 """
 
 from __future__ import annotations
@@ -88,12 +90,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="single-file SD image model")
     parser.add_argument("--motion-module", required=True)
+    parser.add_argument("--adapter", help="domain adapter to attach (PATH[:SCALE]), as during motion training")
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--timesteps", type=int, nargs="+", default=[300, 600, 900, 999])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-o", "--output", help="also write the numbers as JSON here")
     args = parser.parse_args()
-    pipeline = load_pipeline(args.model, args.motion_module)
+    pipeline = load_pipeline(args.model, args.motion_module, adapter=args.adapter)
     results = probe(pipeline, args.clips, args.timesteps, args.seed)
     print(f"{'t':>5} {'motion share':>13} {'order share':>12} {'loss true':>10} {'swapped':>10} {'caption gain':>13}")
     for t, row in results.items():
