@@ -127,6 +127,15 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma
     return (torch.clamp(snr, max=gamma) / snr).float()
 
 
+def loss_weights(config: TrainConfig, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor | None:
+    """Per-sample weights on the epsilon MSE (`snr_gamma` or `loss_weighting: v`), or None for the plain mean."""
+    if config.snr_gamma is not None:
+        return min_snr_weights(alphas_cumprod, timesteps, config.snr_gamma)
+    if config.loss_weighting == "v":  # 1 / alpha_bar: the v-prediction loss of the same model (see TrainConfig)
+        return (1.0 / alphas_cumprod.to(timesteps.device, torch.float64)[timesteps]).float()
+    return None
+
+
 def sample_timesteps(config: TrainConfig, num_train_timesteps: int, count: int, generator: torch.Generator) -> torch.Tensor:
     """`count` training timesteps in [0, T) as `config.timestep_sampling` says (see `TrainConfig`).
 
@@ -502,16 +511,11 @@ class Trainer:
         noisy = self.noise_scheduler.add_noise(inputs["latents"], inputs["noise"], inputs["timesteps"])
         with self.autocast():
             prediction = self.network(noisy, inputs["timesteps"], inputs["input_ids"], **inputs["conditions"])
-        if self.config.snr_gamma is None and self.config.loss_weighting == "epsilon":
+        weights = loss_weights(self.config, self.noise_scheduler.alphas_cumprod, inputs["timesteps"])
+        if weights is None:
             return F.mse_loss(prediction.float(), inputs["noise"].float())
         per_sample = F.mse_loss(prediction.float(), inputs["noise"].float(), reduction="none")
-        per_sample = per_sample.flatten(1).mean(dim=1)
-        alphas_cumprod = self.noise_scheduler.alphas_cumprod
-        if self.config.snr_gamma is not None:
-            weights = min_snr_weights(alphas_cumprod, inputs["timesteps"], self.config.snr_gamma)
-        else:  # v: 1 / alpha_bar (see TrainConfig)
-            weights = (1.0 / alphas_cumprod.to(per_sample.device, torch.float64)[inputs["timesteps"]]).float()
-        return (per_sample * weights).mean()
+        return (per_sample.flatten(1).mean(dim=1) * weights).mean()
 
     def accumulate(self, micro_batches: Sequence[Mapping[str, Any]]) -> float:
         """Forward/backward over the micro-batches of one optimizer step; gradients end up as for one big batch.
