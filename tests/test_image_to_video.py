@@ -50,3 +50,29 @@ def test_keyframe_parsing_and_errors(pipeline) -> None:
         parse_keyframe("last.png")
     with pytest.raises(InputError):
         prepare_control(pipeline, _encoder(pipeline, "rgb", False), [(9, torch.rand(3, 32, 32))], 4, 32, 32)
+
+
+def test_keyframe_replacement_anchors_the_keyframe(pipeline) -> None:
+    """`replace=1.0` pastes the re-noised keyframe latent in at every step, so the result's keyframe is (nearly) the
+    keyframe's own latent; without it the tiny random model ends far from it. Other frames stay free."""
+    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1))
+    encoder = _encoder(pipeline, "rgb", False)
+    steps = dict(SMALL, steps=6)
+    plain = prepare_control(pipeline, encoder, [(0, image)], 4, 32, 32)
+    anchored = prepare_control(pipeline, encoder, [(0, image)], 4, 32, 32, replace=1.0)
+    target = anchored.condition[:, :, 0]
+    free = generate(pipeline, "a red circle", control=plain, **steps)
+    pasted = generate(pipeline, "a red circle", control=anchored, **steps)
+    far = (free.latents[:, :, 0] - target).abs().mean().item()
+    near = (pasted.latents[:, :, 0] - target).abs().mean().item()
+    assert near < 0.1 * far, (near, far)
+    assert pasted.settings.extras["keyframe_replace"] == 1.0 and "keyframe_replace" not in free.settings.extras
+    assert (pasted.latents[:, :, 1:] - free.latents[:, :, 1:]).abs().max().item() > 1e-4  # neighbours follow it
+
+
+def test_keyframe_replacement_errors(pipeline) -> None:
+    image = torch.rand(3, 32, 32)
+    with pytest.raises(InputError, match="RGB SparseCtrl encoder"):
+        prepare_control(pipeline, _encoder(pipeline, "sketch", False), [(0, image)], 4, 32, 32, replace=0.5)
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        prepare_control(pipeline, _encoder(pipeline, "rgb", False), [(0, image)], 4, 32, 32, replace=1.5)

@@ -263,3 +263,32 @@ def test_random_keyframes_are_reproducible_and_cover_every_pattern():
     assert random_keyframes(8, torch.Generator().manual_seed(0), p_zero=1.0) == []
     with pytest.raises(InputError, match="max_keyframes"):
         random_keyframes(4, torch.Generator(), max_keyframes=5)
+
+
+def test_keyframe_replacement_guide_pastes_only_keyframes_and_only_early() -> None:
+    """The guide replaces the keyframes' latents with q(z_key, t) (the scheduler's own `add_noise`, the video's noise
+    at those frames) for steps < until_step, and leaves everything else untouched."""
+    from diffusers import DDIMScheduler
+
+    from zoetrope.sampling.keyframes import keyframe_replacement, replacement_steps
+
+    scheduler = DDIMScheduler(beta_schedule="linear", beta_start=0.00085, beta_end=0.012)
+    scheduler.set_timesteps(10)
+    generator = torch.Generator().manual_seed(0)
+    keys = torch.randn(2, 4, 8, 8, generator=generator)
+    condition, mask = build_condition(keys, [0, -1], FRAMES)
+    noise = torch.randn(2, 4, FRAMES, 8, 8, generator=generator)
+    latents = torch.randn(2, 4, FRAMES, 8, 8, generator=generator)
+    guide = keyframe_replacement(condition, mask, noise, scheduler, until_step=replacement_steps(0.3, 10))
+    t = scheduler.timesteps[2]
+    pasted = guide(2, t, latents)
+    alpha = scheduler.alphas_cumprod[int(t)]
+    for frame, key in ((0, keys[0]), (FRAMES - 1, keys[1])):
+        expected = alpha.sqrt() * key + (1 - alpha).sqrt() * noise[:, :, frame]
+        assert torch.allclose(pasted[:, :, frame], expected, atol=1e-5)
+    assert torch.equal(pasted[:, :, 1:-1], latents[:, :, 1:-1])
+    assert torch.equal(guide(3, scheduler.timesteps[3], latents), latents)  # 0.3 of 10 steps = steps 0, 1, 2
+    with pytest.raises(InputError, match="sketches"):
+        keyframe_replacement(torch.zeros(1, 3, FRAMES, 8, 8), mask, noise, scheduler, 3)
+    with pytest.raises(InputError, match="at least one keyframe"):
+        keyframe_replacement(condition, torch.zeros_like(mask), noise, scheduler, 3)

@@ -26,6 +26,7 @@ from zoetrope.world.metrics import (
     measure_motion,
     motion_accuracy,
     temporal_consistency,
+    track_object,
     watermark_leakage,
 )
 from zoetrope.world.render import (
@@ -75,6 +76,21 @@ def test_motion_measurements_match_the_spec() -> None:
     assert measure_motion(render_clip(rotating, CONFIG)).rotation == pytest.approx(-0.4 * 360, abs=6.0)
     growing = dataclasses.replace(spec, motion="grow", x=0.5, radius=0.1, speed=0.8)
     assert measure_motion(render_clip(growing, CONFIG)).log_area == pytest.approx(2 * np.log(1.8), abs=0.1)
+
+
+def test_spread_tells_a_motion_from_a_cross_fade() -> None:
+    """An interpolation that cross-fades two copies puts the centroid on the straight path too; `spread` (rms pixel
+    distance from the centroid) exposes it: one moving object keeps its radius, two half-faded copies do not."""
+    spec = ClipSpec("circle", "red", "black", "right", x=0.25, y=0.5, radius=0.12, angle=0.0, speed=0.5)
+    clip = render_clip(spec, CONFIG)
+    track = track_object(clip, CONFIG)
+    middle = len(clip) // 2
+    fade = (clip[0].astype(np.float32) * 0.5 + clip[-1].astype(np.float32) * 0.5).round().astype(np.uint8)
+    faded = track_object(fade[None], CONFIG)
+    assert track.valid.all() and faded.valid[0]
+    assert track.spread[middle] == pytest.approx(track.spread[0], rel=0.1)
+    assert abs(faded.centre_x[0] - track.centre_x[middle]) < 3.0  # the centroid cannot tell them apart
+    assert faded.spread[0] > 1.8 * track.spread[0]  # the spread can
 
 
 @pytest.mark.parametrize("video_domain", [False, True])

@@ -100,6 +100,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--control-model", default=None, help="SparseCtrl encoder file (default: the bundled one for the bundled model)")
     group.add_argument("--keyframe", action="append", default=[], metavar="INDEX:IMAGE", help="keyframe image at a frame (negative = from the end); repeatable")
     group.add_argument("--control-scale", type=float, default=1.0)
+    group.add_argument("--keyframe-replace", type=float, default=0.0, metavar="FRACTION", help="RGB keyframes: also paste each keyframe's re-noised latent into the video for this fraction of the first steps (0 = off, the official behaviour; 0.4 anchors colours and position)")
     group.add_argument("--normalize-sketch", action="store_true", help="grey + min-max normalise sketches (official normalize_condition_images)")
 
 
@@ -164,6 +165,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     if not args.prompt and not args.prompt_at:
         raise ConfigError("give a PROMPT, or keyed prompts with --prompt-at FRAME:TEXT")
+    if (args.keyframe or args.keyframe_replace) and not args.control:
+        raise ConfigError("--keyframe and --keyframe-replace steer SparseCtrl; add --control rgb (or sketch)")
     pipeline = load_pipeline(
         args.model, args.motion_module, motion_loras=args.motion_lora, loras=args.lora, adapter=args.adapter,
         dtype=_dtype(args.dtype), device=_device(args.device),
@@ -205,13 +208,13 @@ def _control(args: argparse.Namespace, pipeline):
     size = pipeline.default_size
     return _sparse_control(
         pipeline, path, keyframes, args.frames, args.width or size, args.height or size, scale=args.control_scale,
-        normalize=args.normalize_sketch, condition=args.control, option="--control",
+        normalize=args.normalize_sketch, condition=args.control, option="--control", replace=args.keyframe_replace,
     )
 
 
 def _sparse_control(
     pipeline, path, keyframes, num_frames: int, width: int, height: int, scale: float, normalize: bool,
-    condition: str | None, option: str,
+    condition: str | None, option: str, replace: float = 0.0,
 ):
     """Load a SparseCtrl encoder for `pipeline` and build its keyframe condition (shared by `generate` and `run`).
 
@@ -224,7 +227,9 @@ def _sparse_control(
     encoder = load_sparse_control(path, pipeline.video_unet.image_unet).to(device=pipeline.device, dtype=pipeline.dtype).eval()
     if condition is not None and encoder.config.condition != condition:
         raise ConfigError(f"{option} {condition}: {path} is a {encoder.config.condition} SparseCtrl encoder; use {option} {encoder.config.condition}")
-    return prepare_control(pipeline, encoder, keyframes, num_frames, width, height, scale=scale, normalize=normalize)
+    return prepare_control(
+        pipeline, encoder, keyframes, num_frames, width, height, scale=scale, normalize=normalize, replace=replace
+    )
 
 
 # --------------------------------------------------------------------------- run (official prompt configs)

@@ -19,7 +19,7 @@ from einops import rearrange
 from zoetrope.errors import InputError
 from zoetrope.pipelines.components import encode_frames
 from zoetrope.pipelines.text_to_video import SparseControl, VideoPipeline
-from zoetrope.sampling.keyframes import build_condition, normalize_sketch, resolve_indices
+from zoetrope.sampling.keyframes import build_condition, normalize_sketch, replacement_steps, resolve_indices
 
 Keyframe = tuple[int, "str | os.PathLike | torch.Tensor"]
 
@@ -54,10 +54,21 @@ def prepare_control(
     height: int,
     scale: float = 1.0,
     normalize: bool = False,
+    replace: float = 0.0,
 ) -> SparseControl:
-    """Build the SparseCtrl condition for `keyframes` at the output size."""
+    """Build the SparseCtrl condition for `keyframes` at the output size.
+
+    `replace` (RGB encoders only) also pastes the re-noised keyframe latents into the video for that fraction of
+    the first sampling steps (see `SparseControl`); 0 is the official behaviour.
+    """
     if not keyframes:
         raise InputError("SparseCtrl needs at least one --keyframe INDEX:IMAGE")
+    replacement_steps(replace, 1)  # range check before any encoding
+    if replace and encoder.config.conditioning_channels != 4:
+        raise InputError(
+            f"keyframe replacement ({replace}) needs an RGB SparseCtrl encoder: sketches are not pictures of the "
+            "frame, so there is no keyframe latent to paste; drop --keyframe-replace or use --control rgb"
+        )
     indices = resolve_indices([index for index, _ in keyframes], num_frames)
     images = torch.stack([_image_tensor(image, width, height) for _, image in keyframes])
     channels = encoder.config.conditioning_channels
@@ -68,4 +79,4 @@ def prepare_control(
     elif normalize:
         images = normalize_sketch(images)
     condition, mask = build_condition(images, indices, num_frames)
-    return SparseControl(encoder=encoder, condition=condition, mask=mask, scale=scale)
+    return SparseControl(encoder=encoder, condition=condition, mask=mask, scale=scale, replace=replace)

@@ -33,6 +33,7 @@ from zoetrope.pipelines.components import (
 )
 from zoetrope.sampling.context import ContextConfig, context_windows, window_weights, wrap_predict_with_context
 from zoetrope.sampling.guidance import cfg, motion_scale_schedule
+from zoetrope.sampling.keyframes import keyframe_replacement, replacement_steps
 from zoetrope.sampling.loop import denoise, start_step_for_strength
 from zoetrope.sampling.noise import freeinit_filter, freeinit_mix, make_noise
 from zoetrope.sampling.prompts import parse_prompt_map, travel_embeddings
@@ -198,12 +199,15 @@ PromptInput = Union[str, Sequence[str], Mapping[int, str]]
 class SparseControl:
     """SparseCtrl inputs for one generation: the encoder, keyframe condition `(1, c, f, H, W)` and mask
     `(1, 1, f, H, W)` (zeros except at keyframes), and the conditioning scale. Residuals are recomputed every step
-    on the same (CFG-doubled) batch and text as the UNet, as in the official pipeline."""
+    on the same (CFG-doubled) batch and text as the UNet, as in the official pipeline. `replace` > 0 (RGB keyframes
+    only; not in the official pipeline) also pastes the keyframes' re-noised latents into the video for that
+    fraction of the first sampling steps (`zoetrope.sampling.keyframes.keyframe_replacement`)."""
 
     encoder: torch.nn.Module
     condition: torch.Tensor
     mask: torch.Tensor
     scale: float = 1.0
+    replace: float = 0.0
 
 
 def _encode_one(model: ImageModel, prompt: str | Mapping[int, str], num_frames: int, travel: TravelSettings) -> torch.Tensor:
@@ -379,6 +383,7 @@ def generate(
                 "freeinit": asdict(freeinit) if freeinit and freeinit.iterations else None,
                 "strength": strength if init_latents is not None else None,
                 "control_scale": control.scale if control is not None else None,
+                "keyframe_replace": control.replace if control is not None and control.replace else None,
                 "sources": pipeline.sources or None,
                 "keyframes": [int(i) for i in control.mask[0, 0, :, 0, 0].nonzero().flatten()] if control is not None else None,
             }.items() if value is not None
@@ -416,13 +421,19 @@ def generate(
     else:
         latents = latents * noise_scheduler.init_noise_sigma
 
-    # 5. Denoise with classifier-free guidance (and context windows), FreeInit iterations around it.
+    # 5. Denoise with classifier-free guidance (and context windows), FreeInit iterations around it; keyframe
+    #    replacement (SparseCtrl RGB keyframes) pastes the re-noised keyframes in during the first steps.
+    control = _control_on(control, device, dtype, num_frames)
     frame_predict = make_frame_predict(
         pipeline.video_unet, cond, uncond, guidance_scale,
         motion_strength=_per_frame(motion_strength, num_frames), motion_scale=_per_frame(motion_scale, num_frames),
         motion_windows=_motion_windows(num_frames, context) if context is not None and context_mode == "motion" else None,
-        control=_control_on(control, device, dtype, num_frames),
+        control=control,
     )
+    guide = None
+    if control is not None and control.replace:
+        until = replacement_steps(control.replace, len(noise_scheduler.timesteps))
+        guide = keyframe_replacement(control.condition, control.mask, start_noise, noise_scheduler, until)
     predict = make_step_predict(frame_predict, num_frames, context, context_mode)
     generator = torch.Generator().manual_seed(seeds[0])  # only ancestral samplers draw from it
     iterations = max(1, freeinit.iterations) if freeinit else 1
@@ -431,7 +442,7 @@ def generate(
             latents = _freeinit_restart(latents, start_noise, noise_scheduler, freeinit, seeds, iteration, steps)
         latents = denoise(
             predict, latents, noise_scheduler, generator=generator, callback=callback, progress=progress,
-            start_step=start_step,
+            start_step=start_step, guide=guide,
         )
 
     # 6. Decode in chunks of frames.
@@ -446,7 +457,7 @@ def _control_on(control: SparseControl | None, device, dtype, num_frames: int) -
         raise InputError(f"SparseCtrl condition covers {control.condition.shape[2]} frames, the video has {num_frames}")
     return SparseControl(
         control.encoder, control.condition.to(device=device, dtype=dtype), control.mask.to(device=device, dtype=dtype),
-        control.scale,
+        control.scale, control.replace,
     )
 
 

@@ -10,7 +10,7 @@ checked frame numbers. `random_keyframes` draws the random sparsity patterns use
 from __future__ import annotations
 
 import operator
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -105,3 +105,49 @@ def random_keyframes(
     count = int(torch.randint(1, limit + 1, (), generator=generator).item())
     positions = torch.randperm(num_frames, generator=generator)[:count]
     return sorted(int(frame) for frame in positions)
+
+
+def replacement_steps(fraction: float, steps: int) -> int:
+    """How many of the first sampling steps paste the keyframes in: `round(fraction * steps)`, fraction in [0, 1]."""
+    if not 0.0 <= fraction <= 1.0:
+        raise InputError(
+            f"keyframe replacement {fraction}: must be a fraction of the sampling steps in [0, 1] (0 = off); try 0.4"
+        )
+    return round(fraction * steps)
+
+
+def keyframe_replacement(
+    condition: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor, scheduler, until_step: int
+) -> Callable[[int, object, torch.Tensor], torch.Tensor]:
+    """A `denoise` guide that pastes the keyframes' latents, noised to the current timestep, over the video's
+    latents at the keyframes during the first `until_step` steps (latent replacement, as inpainting samplers do).
+
+    Why: SparseCtrl's encoder only *steers* the UNet through residuals, so a weakly trained encoder (or a scale < 1)
+    leaves the keyframe's colours and position to the text; replacing the keyframe's latent while the layout is
+    decided anchors them exactly, and the free steps afterwards let the UNet blend the keyframe with its
+    neighbours (no seam). The noise is the video's own initial noise at those frames, so a seed gives one result.
+    `condition` `(1, c, f, h, w)` holds VAE latents at the keyframes (the RGB encoder's input), `mask`
+    `(1, 1, f, h, w)` marks them, `noise` is `(b, c, f, h, w)` like the latents.
+    """
+    frames = [int(frame) for frame in mask[0, 0, :, 0, 0].nonzero().flatten()]
+    if not frames:
+        raise InputError("keyframe replacement needs at least one keyframe")
+    if condition.shape[1] != noise.shape[1]:
+        raise InputError(
+            f"keyframe replacement needs keyframe latents ({noise.shape[1]} channels, RGB keyframes); this condition "
+            f"has {condition.shape[1]} channels (sketches are not pictures of the frame); drop the replacement"
+        )
+    keys = condition[:, :, frames]
+
+    def guide(step: int, timestep, latents: torch.Tensor) -> torch.Tensor:
+        if step >= until_step:
+            return latents
+        batch = latents.shape[0]
+        t = torch.as_tensor(timestep, device=latents.device).reshape(1).expand(batch)
+        pasted = latents.clone()
+        pasted[:, :, frames] = scheduler.add_noise(
+            keys.to(latents).expand(batch, -1, -1, -1, -1), noise[:, :, frames].to(latents), t
+        )
+        return pasted
+
+    return guide

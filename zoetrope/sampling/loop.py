@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 Predict = Callable[..., torch.Tensor]
 StepCallback = Callable[[int, Any, torch.Tensor], None]
+Guide = Callable[[int, Any, torch.Tensor], torch.Tensor]
 
 
 def _accepts(function: Callable[..., Any], name: str) -> bool:
@@ -58,6 +59,7 @@ def denoise(
     callback: StepCallback | None = None,
     progress: bool = True,
     start_step: int = 0,
+    guide: Guide | None = None,
 ) -> torch.Tensor:
     """Run the scheduler from `timesteps[start_step]` to the end and return the denoised latents.
 
@@ -67,6 +69,8 @@ def denoise(
     `start_step` (video-to-video): the latents are already noised to `timesteps[start_step]`
     (`scheduler.add_noise`); see `start_step_for_strength`. `generator` feeds stochastic schedulers (DDPM,
     ancestral); it is passed only to schedulers whose `step` accepts it. `callback` gets `t` as a Python number.
+    `guide(step, t, latents)`, when given, returns the latents to denoise at that step before the model sees them
+    (keyframe latent replacement pastes re-noised keyframes in); the scheduler then steps from what it returned.
     """
     if timesteps is None:
         timesteps = scheduler.timesteps
@@ -81,6 +85,8 @@ def denoise(
     logger.debug("denoise: %d steps from index %d", len(timesteps) - start_step, start_step)
     for step in tqdm(range(start_step, len(timesteps)), disable=not progress, desc="denoising", leave=False):
         t = timesteps[step]
+        if guide is not None:
+            latents = guide(step, t, latents)
         model_input = scheduler.scale_model_input(latents, t)
         output = predict(model_input, t, step=step) if pass_step else predict(model_input, t)
         latents = scheduler.step(output, t, latents, **step_kwargs).prev_sample

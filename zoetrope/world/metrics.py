@@ -188,7 +188,9 @@ class Track:
     """Per-frame measurements of the foreground (all arrays have one entry per frame).
 
     `harmonics[:, j]` is the complex normalised angular harmonic of order `HARMONICS[j]`,
-    sum(r^2 exp(i k theta)) / sum(r^2) over foreground pixels around the centroid.
+    sum(r^2 exp(i k theta)) / sum(r^2) over foreground pixels around the centroid. `spread` is the root mean square
+    distance (px) of the foreground pixels from their centroid: one object keeps it near its radius, while two
+    half-faded copies (a cross-fade instead of a motion) put their common centroid between them and double it.
     """
 
     area: np.ndarray
@@ -196,6 +198,7 @@ class Track:
     centre_y: np.ndarray
     harmonics: np.ndarray
     valid: np.ndarray
+    spread: np.ndarray
 
 
 def track_object(clip: np.ndarray, config: WorldConfig | None = None) -> Track:
@@ -224,7 +227,8 @@ def track_object(clip: np.ndarray, config: WorldConfig | None = None) -> Track:
         ],
         axis=-1,
     )
-    return Track(area, centre_x, centre_y, harmonics, area >= MIN_AREA)
+    spread = np.sqrt(np.bincount(frame_index, weights=radius_sq, minlength=count) / safe)
+    return Track(area, centre_x, centre_y, harmonics, area >= MIN_AREA, spread)
 
 
 # --------------------------------------------------------------------------------------------------------------
