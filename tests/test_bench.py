@@ -82,3 +82,30 @@ def test_motion_module_probe_sees_order_and_is_zero_for_an_order_blind_module() 
             buffer.zero_()
     blind = bench.probe(pipeline, clips=1, timesteps=[600])[600]
     assert blind["order"] < 1e-3 and blind["motion"] > 0.05
+
+
+def test_reversed_noise_probe_mirrors_the_clip_when_the_module_is_order_blind() -> None:
+    """With its position codes zeroed the motion module is permutation-equivariant over frames and everything else
+    is frame-wise, so the clip from time-reversed noise must be the time-reversed clip: the probe's pairing of noise
+    and frames is right. With the codes in place (the bundled module) the two clips are not mirror images."""
+    import importlib.util
+
+    import numpy as np
+
+    from zoetrope.pipelines.load import load_pipeline
+
+    spec = importlib.util.spec_from_file_location("probe_reversed", ROOT / "bench" / "probe_reversed_noise.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.compare("zoom in", "zoom out") == "reversed" and bench.compare("left", "left") == "same"
+    assert bench.compare("still", "still") == "undirected" and bench.compare("left", "grow") == "other"
+    pipeline = load_pipeline()
+    prompt = "a red circle moving right on a grey background"
+    with torch.no_grad():
+        forward, backward = bench.clip_pair(pipeline, prompt, seed=0, frames=8, size=64, steps=3, guidance=7.5)
+        assert np.abs(backward.astype(int) - forward[::-1].astype(int)).max() > 8
+        for name, buffer in pipeline.video_unet.named_buffers():
+            if name.endswith("pos_encoding"):
+                buffer.zero_()
+        forward, backward = bench.clip_pair(pipeline, prompt, seed=0, frames=8, size=64, steps=3, guidance=7.5)
+    assert np.abs(backward.astype(int) - forward[::-1].astype(int)).max() <= 1

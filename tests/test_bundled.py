@@ -103,13 +103,19 @@ def test_generate_with_no_model_argument_uses_the_bundle_offline_and_is_seeded(t
     assert clips[0].std(axis=(1, 2)).mean() > 1.0  # a picture, not a constant frame
 
 
-@pytest.mark.xfail(
-    reason="the bundled RGB SparseCtrl encoder is undertrained (900 steps; its zero convolutions are still ~0.01): "
-    "frame 0 reaches ~14 dB against the keyframe (docs/world-training.md)", strict=True
+@pytest.mark.parametrize(
+    "replace",
+    [
+        pytest.param("0", marks=pytest.mark.xfail(
+            reason="the bundled RGB SparseCtrl encoder is undertrained (900 steps; its zero convolutions are still "
+            "~0.01): frame 0 reaches ~14 dB against the keyframe (docs/world-training.md)", strict=True)),
+        "0.7",
+    ],
 )
-def test_generate_with_the_bundled_rgb_encoder_reproduces_the_first_frame(tmp_path, monkeypatch) -> None:
+def test_generate_with_the_bundled_rgb_encoder_reproduces_the_first_frame(tmp_path, monkeypatch, replace) -> None:
     """Image animation from the CLI: `--control rgb --keyframe 0:IMAGE` with the bundled encoder; frame 0 of the
-    clip must reproduce the given picture (a rendered shapes-world frame) to within a few levels."""
+    clip must reproduce the given picture (a rendered shapes-world frame) to within a few levels. The encoder alone
+    does not yet (xfail); with `--keyframe-replace 0.7` it does."""
     import math
 
     import numpy as np
@@ -126,7 +132,7 @@ def test_generate_with_the_bundled_rgb_encoder_reproduces_the_first_frame(tmp_pa
     Image.fromarray(first).save(tmp_path / "first.png")
     output = tmp_path / "clip_%03d.png"
     argv = ["--quiet", "generate", prompt, "--steps", "10", "--seed", "0", "--device", "cpu", "--control", "rgb",
-            "--keyframe", f"0:{tmp_path / 'first.png'}", "-o", str(output)]
+            "--keyframe", f"0:{tmp_path / 'first.png'}", "--keyframe-replace", replace, "-o", str(output)]
     assert main(argv) == 0
     frames, _ = read_video(output)
     error = float(np.mean((frames[0].astype(np.float64) - first.astype(np.float64)) ** 2))
