@@ -13,6 +13,11 @@ this generates the pair and classifies both clips (`zoetrope.world.metrics`: cam
 object motion for `--suite base`), then counts pairs that move the `same` way (the direction comes from the model),
 `reversed` pairs (zoom in <-> zoom out, left <-> right, grow <-> shrink: it comes from the noise), pairs with no
 direction in both (`undirected`: still, none, rotate) and the rest (`other`). Writes JSON with every pair.
+
+`--palindrome` asks the complementary question: clips from palindromic noise (frame k = frame F-1-k, so the noise
+suggests no direction at all). An equivariant model then makes a time-symmetric clip (out and back, read as no net
+motion); a model with a learned direction still moves one way. Prints the motions read and the clips' mean
+time asymmetry |clip - reversed clip| in 8-bit levels (0 = perfectly symmetric).
 """
 
 from __future__ import annotations
@@ -41,18 +46,40 @@ def compare(first: str, second: str) -> str:
     return "reversed" if OPPOSITE.get(first) == second else "other"
 
 
-def clip_pair(pipeline, prompt: str, seed: int, frames: int, size: int, steps: int, guidance: float,
-              motion_strength: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 clips `(f, h, w, 3)` from the seed's official noise and from the same noise with its frames reversed."""
+def palindrome(noise: torch.Tensor) -> torch.Tensor:
+    """`(b, c, f, h, w)` noise whose frame k equals frame f-1-k (the first half mirrored): it has no direction."""
+    frames = noise.shape[2]
+    order = [min(k, frames - 1 - k) for k in range(frames)]
+    return noise[:, :, order]
+
+
+def _clip(pipeline, prompt, latents, frames, size, steps, guidance) -> np.ndarray:
+    result = generate(pipeline, prompt, num_frames=frames, width=size, height=size, steps=steps,
+                      guidance_scale=guidance, latents=latents, progress=False)
+    return frames_to_uint8(result.frames[0])
+
+
+def _noise(pipeline, seed: int, frames: int, size: int) -> torch.Tensor:
     latent = size // pipeline.vae_scale
     shape = (pipeline.video_unet.config.in_channels, frames, latent, latent)
-    noise = initial_noise([seed], shape, pipeline.device, pipeline.dtype)
-    clips = []
-    for latents in (noise, noise.flip(2)):
-        result = generate(pipeline, prompt, num_frames=frames, width=size, height=size, steps=steps,
-                          guidance_scale=guidance, latents=latents, motion_strength=motion_strength, progress=False)
-        clips.append(frames_to_uint8(result.frames[0]))
-    return clips[0], clips[1]
+    return initial_noise([seed], shape, pipeline.device, pipeline.dtype)
+
+
+def clip_pair(pipeline, prompt: str, seed: int, frames: int, size: int, steps: int,
+              guidance: float) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 clips `(f, h, w, 3)` from the seed's official noise and from the same noise with its frames reversed."""
+    noise = _noise(pipeline, seed, frames, size)
+    return tuple(_clip(pipeline, prompt, latents, frames, size, steps, guidance) for latents in (noise, noise.flip(2)))
+
+
+def palindrome_clip(pipeline, prompt: str, seed: int, frames: int, size: int, steps: int, guidance: float) -> np.ndarray:
+    """uint8 clip `(f, h, w, 3)` from the seed's noise made palindromic (`palindrome`)."""
+    return _clip(pipeline, prompt, palindrome(_noise(pipeline, seed, frames, size)), frames, size, steps, guidance)
+
+
+def asymmetry(clip: np.ndarray) -> float:
+    """Mean |clip - time-reversed clip| in 8-bit levels."""
+    return float(np.abs(clip.astype(np.float32) - clip[::-1].astype(np.float32)).mean())
 
 
 def main() -> None:
@@ -68,6 +95,7 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--palindrome", action="store_true", help="clips from direction-free (palindromic) noise")
     parser.add_argument("-o", "--output", default="outputs/probe_reversed_noise.json")
     args = parser.parse_args()
 
@@ -76,6 +104,23 @@ def main() -> None:
     config = WorldConfig(size=args.size, num_frames=args.frames)
     prompts = CAMERA_SUITE if args.suite == "camera" else PROMPT_SUITE
     classify = classify_camera if args.suite == "camera" else classify_motion
+    if args.palindrome:
+        rows = []
+        for seed in range(args.seeds):
+            for prompt in prompts:
+                clip = palindrome_clip(pipeline, prompt, seed, args.frames, args.size, args.steps, args.guidance)
+                rows.append({"prompt": prompt, "seed": seed, "motion": classify(clip, config),
+                             "asymmetry": asymmetry(clip)})
+        counts = Counter(row["motion"] for row in rows)
+        mean_asymmetry = float(np.mean([row["asymmetry"] for row in rows]))
+        print(f"{len(rows)} clips from palindromic noise ({args.suite} suite, motion LoRA: {args.motion_lora or 'none'}):"
+              f" motions {dict(counts)}, mean time asymmetry {mean_asymmetry:.2f} levels")
+        output = Path(args.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps({"settings": vars(args), "counts": dict(counts),
+                                      "mean_asymmetry": mean_asymmetry, "clips": rows}, indent=2))
+        print(f"wrote {output}")
+        return
     pairs = []
     for seed in range(args.seeds):
         for prompt in prompts:

@@ -108,4 +108,8 @@ def test_reversed_noise_probe_mirrors_the_clip_when_the_module_is_order_blind() 
             if name.endswith("pos_encoding"):
                 buffer.zero_()
         forward, backward = bench.clip_pair(pipeline, prompt, seed=0, frames=8, size=64, steps=3, guidance=7.5)
+        symmetric = bench.palindrome_clip(pipeline, prompt, seed=0, frames=8, size=64, steps=3, guidance=7.5)
     assert np.abs(backward.astype(int) - forward[::-1].astype(int)).max() <= 1
+    assert bench.asymmetry(symmetric) < 0.5 and bench.asymmetry(forward) > 1.0  # palindromic noise: a symmetric clip
+    noise = torch.arange(5.0).reshape(1, 1, 5, 1, 1)
+    assert bench.palindrome(noise).flatten().tolist() == [0.0, 1.0, 2.0, 1.0, 0.0]

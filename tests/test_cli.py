@@ -198,6 +198,14 @@ def test_run_sparsectrl_entry_errors(files, sparsectrl_file, tmp_path, capsys) -
                  "--control", "sketch", "--control-model", str(encoder), "--keyframe", f"0:{image}",
                  "-o", str(tmp_path / "s.gif")])
     assert code == 2 and "is a rgb SparseCtrl encoder; use --control rgb" in capsys.readouterr().err
+    for extra in (["--keyframe", f"0:{image}"], ["--keyframe-replace", "0.4"]):  # no --control: refused, not ignored
+        code = main(["generate", "x", "--model", str(model), "--motion-module", str(motion), *extra,
+                     "-o", str(tmp_path / "k.gif")])
+        assert code == 2 and "add --control rgb" in capsys.readouterr().err
+    code = main(["generate", "x", "--model", str(model), "--motion-module", str(motion), "--frames", "4", "--steps", "1",
+                 "--control", "rgb", "--control-model", str(encoder), "--keyframe", f"0:{image}",
+                 "--keyframe-replace", "2", "-o", str(tmp_path / "r.gif")])
+    assert code == 2 and "must be a fraction of the sampling steps" in capsys.readouterr().err
 
 
 def test_eval_scores_style_when_the_suffix_is_a_style_trigger(files, tmp_path) -> None:
@@ -222,11 +230,3 @@ def test_world_make_with_a_motion_trail(tmp_path, capsys) -> None:
     assert manifest["config"]["trail_alpha"] == 0.25 and manifest["num_images"] == 4
     assert main(["world", "make", str(tmp_path / "bad"), "--trail-alpha", "0.9"]) != 0
     assert "trail_alpha" in capsys.readouterr().err
-    for extra in (["--keyframe", f"0:{image}"], ["--keyframe-replace", "0.4"]):  # no --control: refused, not ignored
-        code = main(["generate", "x", "--model", str(model), "--motion-module", str(motion), *extra,
-                     "-o", str(tmp_path / "k.gif")])
-        assert code == 2 and "add --control rgb" in capsys.readouterr().err
-    code = main(["generate", "x", "--model", str(model), "--motion-module", str(motion), "--frames", "4", "--steps", "1",
-                 "--control", "rgb", "--control-model", str(encoder), "--keyframe", f"0:{image}",
-                 "--keyframe-replace", "2", "-o", str(tmp_path / "r.gif")])
-    assert code == 2 and "must be a fraction of the sampling steps" in capsys.readouterr().err
