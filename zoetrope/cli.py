@@ -100,7 +100,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--control-model", default=None, help="SparseCtrl encoder file (default: the bundled one for the bundled model)")
     group.add_argument("--keyframe", action="append", default=[], metavar="INDEX:IMAGE", help="keyframe image at a frame (negative = from the end); repeatable")
     group.add_argument("--control-scale", type=float, default=1.0)
-    group.add_argument("--keyframe-replace", type=float, default=0.0, metavar="FRACTION", help="RGB keyframes: also paste each keyframe's re-noised latent into the video for this fraction of the first steps (0 = off, the official behaviour; 0.4 anchors colours and position)")
+    group.add_argument("--keyframe-replace", type=float, default=0.0, metavar="FRACTION", help="RGB keyframes: also paste each keyframe's re-noised latent into the video for this fraction of the first steps (0 = off, the official behaviour; 0.5 brings the bundled encoder from 17 to 25 dB at the keyframe)")
     group.add_argument("--normalize-sketch", action="store_true", help="grey + min-max normalise sketches (official normalize_condition_images)")
 
 

@@ -111,7 +111,7 @@ def replacement_steps(fraction: float, steps: int) -> int:
     """How many of the first sampling steps paste the keyframes in: `round(fraction * steps)`, fraction in [0, 1]."""
     if not 0.0 <= fraction <= 1.0:
         raise InputError(
-            f"keyframe replacement {fraction}: must be a fraction of the sampling steps in [0, 1] (0 = off); try 0.4"
+            f"keyframe replacement {fraction}: must be a fraction of the sampling steps in [0, 1] (0 = off); try 0.5"
         )
     return round(fraction * steps)
 
