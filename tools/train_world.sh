@@ -78,19 +78,19 @@ NOTEMPORAL=sparsectrl-rgb-notemporal
 pair "$NOTEMPORAL"
 # Second phase of the RGB encoders: 600 more steps from the first phase's export, in runs/world/<stage>-cont/. Each
 # gets one thread; the ablation is continued the same way so the comparison is fair (docs/world-training.md).
-continue_stage() {  # continue_stage CONFIG FROM STEPS: STEPS steps of configs/world/CONFIG.yaml from runs/world/FROM's
-    # export, into runs/world/<the timed stage name> (OUT)
+continue_stage() {  # continue_stage CONFIG FROM STEPS OUT: STEPS steps of configs/world/CONFIG.yaml from
+    # runs/world/FROM's export, into runs/world/OUT
     zoetrope train "configs/world/$1.yaml" --set "model.sparse_control=$RUNS/$2/sparse_control.safetensors" \
-        --set "steps=$3" --set warmup_steps=0 --set "output_dir=$RUNS/$OUT"
+        --set "steps=$3" --set warmup_steps=0 --set "output_dir=$RUNS/$4"
 }
 pids=()
 for stage in sparsectrl-rgb "$NOTEMPORAL"; do
-    [ -n "$stage" ] && { OUT=$stage-cont OMP_NUM_THREADS=1 timed "$stage-cont" continue_stage "$stage" "$stage" 600 & pids+=($!); }
+    [ -n "$stage" ] && { OMP_NUM_THREADS=1 timed "$stage-cont" continue_stage "$stage" "$stage" 600 "$stage-cont" & pids+=($!); }
 done
 for pid in "${pids[@]}"; do wait "$pid"; done
 # Third phase of the shipped RGB encoder only (both cores): 2,000 more steps, in runs/world/sparsectrl-rgb-long/
 # (keyframe PSNR on clean keyframes 16.9 dB alone, 25.2 dB with --keyframe-replace 0.5; 68 min here).
-OUT=sparsectrl-rgb-long timed sparsectrl-rgb-long continue_stage sparsectrl-rgb sparsectrl-rgb-cont 2000
+timed sparsectrl-rgb-long continue_stage sparsectrl-rgb sparsectrl-rgb-cont 2000 sparsectrl-rgb-long
 
 # 3. Install the exports into the package (float16 copies; the loaders upcast).
 [ "${SKIP_INSTALL:-0}" = 1 ] && exit 0

@@ -215,7 +215,8 @@ def track_object(clip: np.ndarray, config: WorldConfig | None = None) -> Track:
     offset = (pixel_x - centre_x[frame_index]) + 1j * (pixel_y - centre_y[frame_index])
     radius_sq = np.abs(offset) ** 2
     direction = offset / np.maximum(np.abs(offset), 1e-9)
-    norm = np.maximum(np.bincount(frame_index, weights=radius_sq, minlength=count), 1e-9)
+    second_moment = np.bincount(frame_index, weights=radius_sq, minlength=count)
+    norm = np.maximum(second_moment, 1e-9)
     harmonics = np.stack(
         [
             (
@@ -227,7 +228,7 @@ def track_object(clip: np.ndarray, config: WorldConfig | None = None) -> Track:
         ],
         axis=-1,
     )
-    spread = np.sqrt(np.bincount(frame_index, weights=radius_sq, minlength=count) / safe)
+    spread = np.sqrt(second_moment / safe)
     return Track(area, centre_x, centre_y, harmonics, area >= MIN_AREA, spread)
 
 
