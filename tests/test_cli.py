@@ -101,6 +101,7 @@ def test_generate_with_travel_windows_and_noise_flags(files, tmp_path, capsys) -
         "--model", str(model), "--motion-module", str(motion), "--frames", "10", "--context-length", "6",
         "--context-overlap", "2", "--show-windows", "--noise", "pyoco_mixed", "--noise-param", "alpha=1.0",
         "--motion-scale", "1.2", "--width", "32", "--height", "32", "--steps", "2", "--seed", "1", "-o", str(out),
+        "--zero-snr",
     ])
     assert code == 0 and _frame_count(out) == 10
     printed = capsys.readouterr().out
@@ -108,6 +109,7 @@ def test_generate_with_travel_windows_and_noise_flags(files, tmp_path, capsys) -
     sidecar = json.loads(out.with_name(out.name + ".json").read_text())
     assert sidecar["prompt"] == {"0": "a red circle", "-1": "a blue star"} or sidecar["prompt"]["0"] == "a red circle"
     assert sidecar["context"]["length"] == 6 and sidecar["noise"] == "pyoco_mixed"
+    assert sidecar["prediction_type"] == "v_prediction" and sidecar["zero_terminal_snr"] is True
 
 
 def test_video_to_video_keeps_frames_and_fps(files, tmp_path) -> None:

@@ -11,9 +11,11 @@ import torch
 from conftest import make_tiny_text_encoder, make_tiny_unet, make_tiny_vae
 from zoetrope.errors import CheckpointError, ConfigError, InputError
 from zoetrope.formats.sd_single_file import save_sd_single_file
+from zoetrope.sampling.loop import denoise
 from zoetrope.pipelines.components import (
     SCHEDULERS,
     ImageModel,
+    Parameterization,
     bundled_tokenizer,
     decode_latents,
     default_scheduler_config,
@@ -209,3 +211,57 @@ def test_unknown_scheduler_lists_names():
     names = ", ".join(SCHEDULERS).replace("+", r"\+")
     with pytest.raises(ConfigError, match=f"'heun' is unknown; expected one of {names}$"):
         make_scheduler("heun", default_scheduler_config())
+
+
+# ------------------------------------------------------------------------------------- parameterization
+
+
+def test_parameterization_schedule_and_metadata_round_trip():
+    plain, vz = Parameterization(), Parameterization("v_prediction", True)
+    assert plain.apply(default_scheduler_config()) == {**default_scheduler_config(), "prediction_type": "epsilon", "rescale_betas_zero_snr": False}
+    schedule = vz.apply(default_scheduler_config())
+    assert schedule["timestep_spacing"] == "trailing" and schedule["beta_schedule"] == "linear"
+    scheduler = make_scheduler("ddim", schedule)
+    scheduler.set_timesteps(10)
+    assert scheduler.timesteps[0] == 999 and scheduler.alphas_cumprod[999] == 0  # starts from pure noise
+    for value in (plain, vz, Parameterization("v_prediction", False)):
+        assert Parameterization.from_metadata(value.metadata()) == value
+    assert Parameterization.from_metadata({}) == plain
+    assert Parameterization.from_metadata({"ss_v_parameterization": "True", "ss_zero_terminal_snr": "True"}) == vz
+    assert Parameterization.from_metadata({"modelspec.prediction_type": "v"}) == Parameterization("v_prediction")
+    with pytest.raises(ConfigError, match="needs prediction_type v_prediction"):
+        Parameterization("epsilon", True)
+    with pytest.raises(ConfigError, match="prediction_type='sample'"):
+        Parameterization("sample")
+
+
+@pytest.mark.parametrize("name", ["ddim", "euler", "dpm++2m-karras"])
+def test_every_scheduler_samples_a_v_prediction_zero_snr_model(name):
+    """An oracle v-prediction model of a one-point data set, sampled from pure noise at t = T (trailing spacing),
+    lands on the point with every solver."""
+    target = torch.linspace(-1, 1, 2 * 4 * 3 * 3).reshape(2, 4, 1, 3, 3)
+    truth = make_scheduler("ddim", Parameterization("v_prediction", True).apply(default_scheduler_config()))
+
+    def oracle(latents, t):
+        alpha_bar = truth.alphas_cumprod[int(round(float(t)))].clamp(min=2**-24)
+        noise = (latents - alpha_bar.sqrt() * target) / (1 - alpha_bar).sqrt()
+        return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * target
+
+    scheduler = make_scheduler(name, Parameterization("v_prediction", True).apply(default_scheduler_config()))
+    scheduler.set_timesteps(12)
+    assert round(float(scheduler.timesteps[0])) == 999
+    start = torch.randn(target.shape, generator=torch.Generator().manual_seed(0)) * scheduler.init_noise_sigma
+    torch.testing.assert_close(denoise(oracle, start, scheduler, progress=False), target, atol=2e-3, rtol=0)
+
+
+def test_diffusers_folder_scheduler_config_sets_the_parameterization(tmp_path, text_encoder, vae):
+    folder = _write_diffusers_folder(tmp_path / "v", make_tiny_unet(), vae, text_encoder)
+    (folder / "scheduler").mkdir()
+    config = {**default_scheduler_config(), "prediction_type": "v_prediction", "rescale_betas_zero_snr": True}
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    assert load_image_model(folder).parameterization == Parameterization("v_prediction", True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps({**config, "prediction_type": "sample"}))
+    with pytest.raises(CheckpointError, match="predicts 'sample'"):
+        load_image_model(folder)
+    single = save_sd_single_file(make_tiny_unet(), vae, text_encoder, tmp_path / "v.safetensors", Parameterization("v_prediction").metadata())
+    assert load_image_model(single).parameterization == Parameterization("v_prediction", False)

@@ -7,7 +7,7 @@ import torch
 
 from conftest import make_tiny_image_model, make_tiny_motion_modules
 from zoetrope.adapters.lora import inject_lora
-from zoetrope.errors import CheckpointError
+from zoetrope.errors import CheckpointError, ConfigError
 from zoetrope.formats.lora_files import save_domain_adapter, save_motion_lora
 from zoetrope.formats.motion import save_motion_module
 from zoetrope.formats.sd_single_file import save_sd_single_file
@@ -75,3 +75,18 @@ def test_wrong_slots(files) -> None:
         load_pipeline(files["model"], files["motion"], adapter=str(files["lora"]))
     with pytest.raises(CheckpointError, match="MotionLoRA.*--motion-lora"):
         load_pipeline(files["model"], files["lora"])
+
+
+def test_parameterization_overrides_reach_the_sampler(files) -> None:
+    """An SD1.5 file says nothing about v-prediction; the options say it (ComfyUI's ModelSamplingDiscrete)."""
+    plain = load_pipeline(files["model"], files["motion"])
+    assert plain.scheduler_config["prediction_type"] == "epsilon" and not plain.scheduler_config["rescale_betas_zero_snr"]
+    v = load_pipeline(files["model"], files["motion"], prediction_type="v_prediction")
+    assert v.scheduler_config["prediction_type"] == "v_prediction" and v.scheduler_config["timestep_spacing"] == "leading"
+    zero = load_pipeline(files["model"], files["motion"], zero_terminal_snr=True)
+    assert zero.image_model.parameterization.prediction_type == "v_prediction"  # zero SNR implies v
+    assert zero.scheduler_config["rescale_betas_zero_snr"] and zero.scheduler_config["timestep_spacing"] == "trailing"
+    first, second = (generate(pipe, "a red circle", **SMALL).latents for pipe in (plain, zero))
+    assert torch.isfinite(second).all() and (first - second).abs().max().item() > 1e-3
+    with pytest.raises(ConfigError, match="needs prediction_type v_prediction"):
+        load_pipeline(files["model"], files["motion"], prediction_type="epsilon", zero_terminal_snr=True)

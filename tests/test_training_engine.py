@@ -585,3 +585,39 @@ def test_vae_loss_options_change_the_pixel_term(tmp_path) -> None:
     assert math.isclose(losses["gdl"], float(parts["gdl"][0] + 2.0 * parts["gdl"][2]), rel_tol=1e-5)
     with pytest.raises(ConfigError, match="gradient_loss_weight"):
         load_train_config({"stage": "vae", "output_dir": "o", "gradient_loss_weight": -1.0})
+
+
+def test_v_prediction_with_zero_terminal_snr_trains_on_the_velocity(training_files, tmp_path) -> None:
+    """Lin et al. 2024: rescaled betas reach alpha_bar_T = 0 and the target is v; Min-SNR stays finite there."""
+    trainer, loss, inputs, _, prediction = weighted_loss_and_its_parts(
+        training_files, tmp_path, prediction_type="v_prediction", zero_terminal_snr=True
+    )
+    schedule = trainer.noise_scheduler
+    assert schedule.config.prediction_type == "v_prediction" and schedule.config.rescale_betas_zero_snr
+    assert schedule.alphas_cumprod[-1].item() == 0.0 and schedule.alphas_cumprod[0].item() > 0.99
+    alpha_bar = schedule.alphas_cumprod[inputs["timesteps"]].view(-1, 1, 1, 1)
+    velocity = alpha_bar.sqrt() * inputs["noise"] - (1 - alpha_bar).sqrt() * inputs["latents"]
+    assert loss.item() == pytest.approx(((prediction - velocity) ** 2).mean().item(), rel=1e-5)
+    assert loss.item() != pytest.approx(((prediction - inputs["noise"]) ** 2).mean().item(), rel=1e-3)
+    weights = min_snr_weights(schedule.alphas_cumprod, torch.tensor([0, 999]), gamma=5.0, velocity=True)
+    assert torch.isfinite(weights).all() and weights[1].item() == 0.0  # pure noise carries no x0 signal to weigh
+    assert weights[0].item() == pytest.approx(5.0 / (schedule.alphas_cumprod[0].item() / (1 - schedule.alphas_cumprod[0].item()) + 1), rel=1e-5)
+
+
+def test_the_exported_image_model_records_its_parameterization_and_frozen_stages_inherit_it(training_files, tmp_path) -> None:
+    from zoetrope.pipelines.components import Parameterization, load_image_model
+
+    config = make_config(training_files, tmp_path, "image", steps=1, prediction_type="v_prediction", zero_terminal_snr=True)
+    exported = Trainer(config, dataset=TensorClips(image=True)).fit()
+    assert load_image_model(exported).parameterization == Parameterization("v_prediction", True)
+    # the motion stage on that model trains on its schedule without being told
+    motion = Trainer(make_config(training_files, tmp_path, "motion", steps=1, model={"image_model": str(exported)}), dataset=TensorClips())
+    assert motion.noise_scheduler.config.prediction_type == "v_prediction"
+    assert motion.noise_scheduler.config.beta_schedule == "linear" and motion.noise_scheduler.alphas_cumprod[-1] == 0
+    # ... and a frozen UNet cannot be asked to predict something else
+    with pytest.raises(ConfigError, match="keeps the image UNet frozen"):
+        Trainer(make_config(training_files, tmp_path, "motion", model={"image_model": str(exported)}, prediction_type="epsilon", zero_terminal_snr=False), dataset=TensorClips())
+    with pytest.raises(ConfigError, match="zero_terminal_snr"):
+        load_train_config({"stage": "image", "output_dir": "x", "prediction_type": "epsilon", "zero_terminal_snr": True})
+    with pytest.raises(ConfigError, match="loss_weighting"):
+        Trainer(make_config(training_files, tmp_path, "image", zero_terminal_snr=True, loss_weighting="v"), dataset=TensorClips(image=True))

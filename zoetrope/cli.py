@@ -67,6 +67,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--motion-lora", action="append", default=[], metavar="PATH[:STRENGTH]", help="MotionLoRA; repeatable")
     parser.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]", help="image LoRA (kohya or diffusers); repeatable")
     parser.add_argument("--adapter", default=None, metavar="PATH[:SCALE]", help="AnimateDiff domain adapter with its scale")
+    parser.add_argument(
+        "--prediction-type", choices=("epsilon", "v_prediction"), default=None,
+        help="what the image model predicts (default: what its file says, else epsilon as SD1.5)",
+    )
+    parser.add_argument(
+        "--zero-snr", action=argparse.BooleanOptionalAction, default=None,
+        help="the model was trained with zero terminal SNR (Lin et al. 2024; implies v_prediction, samples with trailing "
+        "timesteps); default: what its file says",
+    )
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -169,7 +178,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ConfigError("--keyframe and --keyframe-replace steer SparseCtrl; add --control rgb (or sketch)")
     pipeline = load_pipeline(
         args.model, args.motion_module, motion_loras=args.motion_lora, loras=args.lora, adapter=args.adapter,
-        dtype=_dtype(args.dtype), device=_device(args.device),
+        dtype=_dtype(args.dtype), device=_device(args.device), prediction_type=args.prediction_type,
+        zero_terminal_snr=args.zero_snr,
     )
     settings = generation_settings(args)
     output = Path(args.output or f"outputs/{_slug(args.prompt or next(iter(settings['prompt'].values())))}.gif")
@@ -415,7 +425,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     prompts = [p + (f", {args.suffix}" if args.suffix else "") for p in suites[args.suite]][: args.limit or None]
     pipeline = load_pipeline(
         args.model, args.motion_module, motion_loras=args.motion_lora, loras=args.lora, adapter=args.adapter,
-        dtype=_dtype(args.dtype), device=_device(args.device),
+        dtype=_dtype(args.dtype), device=_device(args.device), prediction_type=args.prediction_type,
+        zero_terminal_snr=args.zero_snr,
     )
     clips, used_prompts = [], []
     for seed in range(args.seed, args.seed + args.seeds):

@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 from einops import rearrange
@@ -28,15 +28,87 @@ logger = logging.getLogger(__name__)
 
 SUBFOLDERS = ("unet", "vae", "text_encoder")
 
+PredictionType = Literal["epsilon", "v_prediction"]
+#: Metadata keys that say what a checkpoint predicts: the Stability model spec (`epsilon` / `v`), kohya's training
+#: record (sd-scripts' `--v_parameterization`, `--zero_terminal_snr`), and zoetrope's own.
+MODELSPEC_PREDICTION = "modelspec.prediction_type"
+ZERO_SNR_KEYS = ("zoetrope.zero_terminal_snr", "ss_zero_terminal_snr")
+
+
+def _flag(value: object) -> bool:
+    """A boolean metadata string as kohya and zoetrope write it ("True", "true", "1")."""
+    return str(value).strip().lower() in ("true", "1", "yes")
+
+
+@dataclass(frozen=True)
+class Parameterization:
+    """What an image UNet predicts and on which schedule end: a property of the *weights*, not of the sampler.
+
+    SD1.5 predicts epsilon on a schedule whose last step keeps sqrt(alpha_bar) = 0.07 of the picture (it never
+    reaches zero SNR). Lin et al. 2024 ("Common Diffusion Noise Schedules and Sample Steps are Flawed") rescale the
+    betas so alpha_bar_T = 0 (the model must then predict v, Salimans & Ho 2022: epsilon is undefined at T) and
+    sample from t = T with trailing spacing. Why it matters here: a model trained on the flawed schedule reads
+    low-frequency content of the starting noise as picture, so for video the initial noise, not the prompt or the
+    motion module, picks a clip's direction (docs/world-training.md). Sampling such weights with the wrong
+    parameterization gives grey mush, so it travels with the checkpoint (`metadata()` / `from_metadata`).
+    """
+
+    prediction_type: PredictionType = "epsilon"
+    zero_terminal_snr: bool = False
+
+    def __post_init__(self) -> None:
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ConfigError(f"prediction_type={self.prediction_type!r}; expected 'epsilon' or 'v_prediction'")
+        if self.zero_terminal_snr and self.prediction_type == "epsilon":
+            raise ConfigError(
+                "zero terminal SNR needs prediction_type v_prediction: at the last step the input is pure noise, so "
+                "predicting the noise is trivial and says nothing about the picture (Lin et al. 2024, §3.2)"
+            )
+
+    def apply(self, schedule: Mapping[str, Any]) -> dict[str, Any]:
+        """`schedule` (a diffusers scheduler config) with this parameterization; trailing spacing under zero SNR."""
+        result = dict(schedule)
+        result["prediction_type"] = self.prediction_type
+        result["rescale_betas_zero_snr"] = self.zero_terminal_snr
+        if self.zero_terminal_snr:  # sample from t = T, which leading spacing skips (Lin et al. 2024, §3.3)
+            result["timestep_spacing"] = "trailing"
+        return result
+
+    def metadata(self) -> dict[str, str]:
+        """The safetensors metadata that records this parameterization (Stability model spec + zoetrope's key)."""
+        return {
+            MODELSPEC_PREDICTION: "v" if self.prediction_type == "v_prediction" else "epsilon",
+            ZERO_SNR_KEYS[0]: "true" if self.zero_terminal_snr else "false",
+        }
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, str]) -> "Parameterization":
+        """Read `metadata()` back, also kohya's `ss_v_parameterization` / `ss_zero_terminal_snr`; default epsilon."""
+        spec = str(metadata.get(MODELSPEC_PREDICTION, "")).strip().lower()
+        v = spec in ("v", "v_prediction") or _flag(metadata.get("ss_v_parameterization"))
+        zero = any(_flag(metadata.get(key)) for key in ZERO_SNR_KEYS)
+        return cls("v_prediction" if v or zero else "epsilon", zero)
+
+    @classmethod
+    def from_scheduler_config(cls, config: Mapping[str, Any]) -> "Parameterization":
+        """From a diffusers `scheduler_config.json` (what a diffusers model folder says about its weights)."""
+        kind = config.get("prediction_type", "epsilon")
+        if kind not in ("epsilon", "v_prediction"):
+            raise CheckpointError(
+                f"the scheduler config predicts {kind!r}; zoetrope samples epsilon and v_prediction models only"
+            )
+        return cls(kind, bool(config.get("rescale_betas_zero_snr", False)))
+
 
 @dataclass
 class ImageModel:
-    """The frozen parts of a text-to-image model: CLIP tokenizer and text encoder, VAE, 2D UNet."""
+    """The frozen parts of a text-to-image model: CLIP tokenizer and text encoder, VAE, 2D UNet, and what it predicts."""
 
     tokenizer: Any  # transformers CLIPTokenizer
     text_encoder: torch.nn.Module  # transformers CLIPTextModel
     vae: torch.nn.Module  # diffusers AutoencoderKL
     unet: torch.nn.Module  # diffusers UNet2DConditionModel
+    parameterization: Parameterization = field(default_factory=Parameterization)
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -97,7 +169,14 @@ def _load_diffusers_folder(path: Path, dtype: torch.dtype) -> ImageModel:
     else:
         logger.info("%s has no tokenizer/; using the bundled CLIP tokenizer", path)
         tokenizer = bundled_tokenizer()
-    return ImageModel(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, unet=unet)
+    parameterization = Parameterization()
+    scheduler_file = path / "scheduler" / "scheduler_config.json"
+    if scheduler_file.is_file():
+        try:
+            parameterization = Parameterization.from_scheduler_config(json.loads(scheduler_file.read_text("utf-8")))
+        except json.JSONDecodeError as error:
+            raise CheckpointError(f"{scheduler_file}: not valid JSON ({error}); fix or delete the file") from error
+    return ImageModel(tokenizer, text_encoder, vae, unet, parameterization)
 
 
 def load_image_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> ImageModel:
@@ -117,8 +196,11 @@ def load_image_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32
     if path.is_dir():
         model = _load_diffusers_folder(path, dtype)
     else:
+        from zoetrope.formats.safe_load import read_metadata
+
         parts = load_sd_single_file(path, dtype=dtype)
-        model = ImageModel(tokenizer=bundled_tokenizer(), text_encoder=parts.text_encoder, vae=parts.vae, unet=parts.unet)
+        parameterization = Parameterization.from_metadata(read_metadata(path))
+        model = ImageModel(bundled_tokenizer(), parts.text_encoder, parts.vae, parts.unet, parameterization)
     _check_consistent(model, path)
     for module in (model.text_encoder, model.vae, model.unet):
         module.eval().requires_grad_(False)

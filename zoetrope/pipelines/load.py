@@ -20,7 +20,7 @@ from zoetrope.formats.detect import expect_kind, inspect_file
 from zoetrope.formats.motion import load_motion_module
 from zoetrope.models.motion_module import MotionModules
 from zoetrope.models.video_unet import VideoUNet
-from zoetrope.pipelines.components import default_scheduler_config, load_image_model
+from zoetrope.pipelines.components import Parameterization, default_scheduler_config, load_image_model
 from zoetrope.pipelines.text_to_video import VideoPipeline
 
 logger = logging.getLogger(__name__)
@@ -62,10 +62,14 @@ def load_pipeline(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     motion_norm_mode: str | None = None,
+    prediction_type: str | None = None,
+    zero_terminal_snr: bool | None = None,
 ) -> VideoPipeline:
     """Load an image model plus a motion module (and optional LoRAs) into a ready VideoPipeline.
 
     With `model` and `motion_module` both None the bundled shapes-world model is used (offline, CPU-sized).
+    `prediction_type` / `zero_terminal_snr` override what the image model's file says it predicts (for v-prediction
+    checkpoints that do not record it, as ComfyUI's ModelSamplingDiscrete node does); zero SNR implies v.
     """
     from zoetrope.formats.kohya import load_image_lora
     from zoetrope.formats.lora_files import load_domain_adapter, load_motion_lora
@@ -82,8 +86,12 @@ def load_pipeline(
             continue
         expect_kind(info, kind)
 
-    # 1. The frozen image model.
+    # 1. The frozen image model, and what it predicts.
     image_model = load_image_model(model, dtype=dtype)
+    known = image_model.parameterization
+    zero = known.zero_terminal_snr if zero_terminal_snr is None else zero_terminal_snr
+    kind = prediction_type or ("v_prediction" if zero_terminal_snr else known.prediction_type)
+    image_model.parameterization = Parameterization(kind, zero)
     # 2. Image LoRAs (kohya / diffusers-peft), merged into the UNet and text encoder.
     for item in map(WeightedFile.parse, loras):
         expect_kind(inspect_file(item.path), "image_lora")
@@ -105,7 +113,7 @@ def load_pipeline(
     pipeline = VideoPipeline(
         image_model=image_model,
         video_unet=video_unet.eval(),
-        scheduler_config=default_scheduler_config(),
+        scheduler_config=image_model.parameterization.apply(default_scheduler_config()),
         sources={
             "model": str(model), "motion_module": str(motion_module),
             "loras": [f"{item.path}:{item.strength}" for item in map(WeightedFile.parse, loras)],

@@ -385,6 +385,8 @@ def generate(
                 "control_scale": control.scale if control is not None else None,
                 "keyframe_replace": control.replace if control is not None and control.replace else None,
                 "sources": pipeline.sources or None,
+                "prediction_type": pipeline.scheduler_config.get("prediction_type", "epsilon"),
+                "zero_terminal_snr": True if pipeline.scheduler_config.get("rescale_betas_zero_snr") else None,
                 "keyframes": [int(i) for i in control.mask[0, 0, :, 0, 0].nonzero().flatten()] if control is not None else None,
             }.items() if value is not None
         },

@@ -161,6 +161,13 @@ class TrainConfig:
     `loss_weighting: v` re-weights instead: each sample's epsilon MSE times 1 / alpha_bar_t = (SNR + 1) / SNR,
     which is the v-prediction loss (Salimans & Ho 2022) of the same epsilon-predicting model (kohya's
     `--v_pred_like_loss` at full strength); it cannot be combined with `snr_gamma`, which pulls the other way.
+
+    `prediction_type` / `zero_terminal_snr`: the image UNet's parameterization (`zoetrope.pipelines.components.
+    Parameterization`); unset = whatever the image model file says (epsilon, flawed schedule for SD1.5). Only the
+    stages that train the whole UNet (`image`, `personalize` with `method: full`) may change it, which is how Lin et
+    al. 2024 converted SD 2.1 to v-prediction with zero terminal SNR: fine-tune on the rescaled schedule with the
+    v target. The exported checkpoint records it, and every stage built on that checkpoint (domain adapter, motion,
+    MotionLoRA, SparseCtrl) trains and samples with it. `zero_terminal_snr: true` implies v-prediction.
     """
 
     stage: StageName
@@ -197,6 +204,8 @@ class TrainConfig:
     timestep_mean: float = 0.0
     timestep_std: float = 1.0
     loss_weighting: Literal["epsilon", "v"] = "epsilon"
+    prediction_type: Optional[Literal["epsilon", "v_prediction"]] = None
+    zero_terminal_snr: Optional[bool] = None
     seed: int = 42
     num_workers: int = 0
     vae_chunk_size: int = 16
@@ -227,6 +236,10 @@ class TrainConfig:
             raise ConfigError(f"snr_gamma={self.snr_gamma}; expected a positive number (5 is usual) or no value (off)")
         if self.loss_weighting == "v" and self.snr_gamma is not None:
             raise ConfigError("loss_weighting: v and snr_gamma weight the loss in opposite directions; keep one of them")
+        if self.prediction_type == "epsilon" and self.zero_terminal_snr:
+            raise ConfigError("zero_terminal_snr: true needs prediction_type: v_prediction (epsilon is undefined at zero SNR)")
+        if self.loss_weighting == "v" and self.prediction_type == "v_prediction":
+            raise ConfigError("loss_weighting: v imitates a v-prediction loss for an epsilon model; a v_prediction model already has it")
         if self.timestep_std <= 0:
             raise ConfigError(f"timestep_std={self.timestep_std}; expected > 0 (the std of the logit-normal timestep draw)")
         if self.timestep_sampling == "uniform" and (self.timestep_mean, self.timestep_std) != (0.0, 1.0):

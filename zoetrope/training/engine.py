@@ -116,21 +116,29 @@ def make_noise_scheduler(schedule: Mapping[str, Any]) -> Any:
     return DDPMScheduler.from_config(values)
 
 
-def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma weights min(SNR, gamma) / SNR per timestep for an epsilon-prediction loss (Hang et al. 2023).
+def min_snr_weights(
+    alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float, velocity: bool = False
+) -> torch.Tensor:
+    """Min-SNR-gamma weights per timestep (Hang et al. 2023): min(SNR, gamma) / SNR on an epsilon loss.
 
     SNR(t) = alpha_bar_t / (1 - alpha_bar_t). Epsilon-MSE already equals SNR-weighted x0-MSE, so clamping the SNR
     at gamma means multiplying the epsilon loss by min(SNR, gamma) / SNR: 1 at noisy timesteps, < 1 at clean ones.
+    A v-MSE is (SNR + 1)-weighted x0-MSE, hence min(SNR, gamma) / (SNR + 1) for `velocity` (finite at zero SNR).
     """
     alpha_bar = alphas_cumprod.to(timesteps.device, torch.float64)[timesteps]
     snr = alpha_bar / (1.0 - alpha_bar)
-    return (torch.clamp(snr, max=gamma) / snr).float()
+    return (torch.clamp(snr, max=gamma) / (snr + 1.0 if velocity else snr)).float()
 
 
-def loss_weights(config: TrainConfig, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor | None:
-    """Per-sample weights on the epsilon MSE (`snr_gamma` or `loss_weighting: v`), or None for the plain mean."""
+def loss_weights(
+    config: TrainConfig, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, velocity: bool = False
+) -> torch.Tensor | None:
+    """Per-sample weights on the MSE (`snr_gamma` or `loss_weighting: v`), or None for the plain mean.
+
+    `velocity`: the model predicts v (the Min-SNR weights differ; `loss_weighting: v` is refused for it at build).
+    """
     if config.snr_gamma is not None:
-        return min_snr_weights(alphas_cumprod, timesteps, config.snr_gamma)
+        return min_snr_weights(alphas_cumprod, timesteps, config.snr_gamma, velocity)
     if config.loss_weighting == "v":  # 1 / alpha_bar: the v-prediction loss of the same model (see TrainConfig)
         return (1.0 / alphas_cumprod.to(timesteps.device, torch.float64)[timesteps]).float()
     return None
@@ -371,7 +379,7 @@ class Trainer:
         self.autocast_dtype = self._autocast_dtype()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
         if self.stage.objective == "epsilon":
-            self.noise_scheduler = make_noise_scheduler(self.stage.noise_schedule())
+            self.noise_scheduler = make_noise_scheduler(self.stage.noise_schedule(self.model.image_model.parameterization))
 
         # 4. Data: a rank-strided sampler that can start mid-epoch, and a loader that never touches the global RNG.
         self.dataset = dataset if dataset is not None else build_dataset(config, self.stage, self.dist.rank)
@@ -511,10 +519,14 @@ class Trainer:
         noisy = self.noise_scheduler.add_noise(inputs["latents"], inputs["noise"], inputs["timesteps"])
         with self.autocast():
             prediction = self.network(noisy, inputs["timesteps"], inputs["input_ids"], **inputs["conditions"])
-        weights = loss_weights(self.config, self.noise_scheduler.alphas_cumprod, inputs["timesteps"])
+        target = inputs["noise"]
+        velocity = self.noise_scheduler.config.prediction_type == "v_prediction"
+        if velocity:  # v = sqrt(ab) eps - sqrt(1 - ab) x0 (Salimans & Ho 2022)
+            target = self.noise_scheduler.get_velocity(inputs["latents"], inputs["noise"], inputs["timesteps"])
+        weights = loss_weights(self.config, self.noise_scheduler.alphas_cumprod, inputs["timesteps"], velocity)
         if weights is None:
-            return F.mse_loss(prediction.float(), inputs["noise"].float())
-        per_sample = F.mse_loss(prediction.float(), inputs["noise"].float(), reduction="none")
+            return F.mse_loss(prediction.float(), target.float())
+        per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none")
         return (per_sample.flatten(1).mean(dim=1) * weights).mean()
 
     def accumulate(self, micro_batches: Sequence[Mapping[str, Any]]) -> float:
@@ -730,7 +742,8 @@ class Trainer:
 
             video_unet = self.model.video_unet or VideoUNet(self.model.image_model.unet)
             frames = self.config.validation_frames if self.model.video_unet is not None else 1
-            pipeline = VideoPipeline(self.model.image_model, video_unet, self.stage.noise_schedule())
+            schedule = self.stage.noise_schedule(self.model.image_model.parameterization)
+            pipeline = VideoPipeline(self.model.image_model, video_unet, schedule)
             size = self.config.validation_size
             self.module.eval()
             try:

@@ -45,7 +45,7 @@ from zoetrope.errors import ConfigError
 from zoetrope.models.motion_module import PRESETS, MotionModuleConfig, MotionModules
 from zoetrope.models.sparse_control import SPARSECTRL_MOTION, SparseControlConfig, SparseControlEncoder
 from zoetrope.models.video_unet import VideoUNet
-from zoetrope.pipelines.components import ImageModel
+from zoetrope.pipelines.components import ImageModel, Parameterization
 from zoetrope.training.config import ArchitectureConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -199,13 +199,17 @@ class Stage:
         [StageModel, TrainConfig, torch.Tensor, torch.Tensor, torch.Generator], dict[str, torch.Tensor]
     ] | None = None
 
-    def noise_schedule(self) -> dict[str, Any]:
-        """The DDPM noise schedule (diffusers scheduler config) this stage trains and validates with."""
+    def noise_schedule(self, parameterization: Parameterization | None = None) -> dict[str, Any]:
+        """The DDPM noise schedule (diffusers scheduler config) this stage trains and validates with.
+
+        The betas are the stage's; `parameterization` (the image model's: what it predicts, zero terminal SNR or
+        not) is applied on top, so a v-prediction base makes every stage above it v-prediction too.
+        """
         from zoetrope.pipelines.components import default_scheduler_config
 
         schedule = default_scheduler_config()
         schedule["beta_schedule"] = self.beta_schedule or "linear"
-        return schedule
+        return (parameterization or Parameterization()).apply(schedule)
 
 
 def _lora(config: TrainConfig, model: nn.Module, default_target: str, generator: torch.Generator, alpha: float | None) -> LoRANetwork:
@@ -333,7 +337,8 @@ def _export_sd(model: StageModel, path: Path, metadata: Mapping[str, object]) ->
     from zoetrope.formats.sd_single_file import save_sd_single_file
 
     image = model.image_model
-    return save_sd_single_file(image.unet, image.vae, image.text_encoder, path, _metadata(model, metadata))
+    info = {**_metadata(model, metadata), **image.parameterization.metadata()}
+    return save_sd_single_file(image.unet, image.vae, image.text_encoder, path, info)
 
 
 def _export_personalize(model: StageModel, path: Path, metadata: Mapping[str, object]) -> Path:
@@ -462,7 +467,30 @@ def build_image_model(config: TrainConfig, stage: Stage) -> ImageModel:
             f"stage {stage.name!r} needs {', '.join(missing)} but none was given: set model.image_model (an SD1.5 "
             "checkpoint), model.vae, or model.architecture." + "/".join(missing) + " to build it from scratch"
         )
+    image.parameterization = training_parameterization(config, stage, image.parameterization)
     return image
+
+
+def training_parameterization(config: TrainConfig, stage: Stage, model: Parameterization) -> Parameterization:
+    """The parameterization a run trains with: the config's where set, else the image model's (`model`).
+
+    Only a stage that trains the whole UNet can change it (Lin et al. 2024 fine-tuned SD 2.1 this way); a frozen
+    UNet keeps predicting what it was trained to, so asking a motion or LoRA stage for another one is refused.
+    """
+    zero = model.zero_terminal_snr if config.zero_terminal_snr is None else config.zero_terminal_snr
+    kind = config.prediction_type or ("v_prediction" if zero else model.prediction_type)
+    wanted = Parameterization(kind, zero)
+    if config.loss_weighting == "v" and wanted.prediction_type == "v_prediction":
+        raise ConfigError("loss_weighting: v imitates a v-prediction loss for an epsilon model; this model predicts v already")
+    trains_unet = stage.name == "image" or (stage.name == "personalize" and config.method == "full")
+    if wanted != model and not trains_unet:
+        raise ConfigError(
+            f"stage {stage.name!r} keeps the image UNet frozen, which predicts {model.prediction_type} "
+            f"(zero terminal SNR: {model.zero_terminal_snr}); it cannot train for {wanted.prediction_type} (zero terminal "
+            f"SNR: {wanted.zero_terminal_snr}). Remove prediction_type/zero_terminal_snr, or convert the image model "
+            "first with the image stage (or personalize with method: full)"
+        )
+    return wanted
 
 
 def motion_config_for(unet: nn.Module, preset: str, overrides: Mapping[str, Any]) -> MotionModuleConfig:
@@ -542,5 +570,5 @@ def describe(stage: Stage) -> str:
 
 __all__ = [
     "STAGES", "Stage", "StageModel", "Denoiser", "ControlledDenoiser", "Autoencoder", "assemble", "build_module",
-    "get_stage", "trained_parameters", "motion_config_for", "export_metadata", "sparse_control_config",
+    "get_stage", "trained_parameters", "training_parameterization", "motion_config_for", "export_metadata", "sparse_control_config",
 ]
