@@ -8,7 +8,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler
 
 from zoetrope.errors import ConfigError, InputError
 from zoetrope.sampling.context import ContextConfig, wrap_predict_with_context
-from zoetrope.sampling.guidance import cfg, cfg_batch, guided, motion_scale_schedule, split_cfg_batch
+from zoetrope.sampling.guidance import cfg, cfg_batch, guided, motion_scale_schedule, rescale_guidance, split_cfg_batch
 from zoetrope.sampling.loop import denoise, start_step_for_strength
 
 # SD1.5 betas. DDIM tests set clip_sample=False: its default clips the predicted x0 to [-1, 1].
@@ -170,3 +170,20 @@ def test_denoise_errors():
     scheduler.set_timesteps(3)
     with pytest.raises(ConfigError, match="start_step=5"):
         denoise(lambda x, t: x, torch.zeros(1, 1, 1, 1, 1), scheduler, start_step=5, progress=False)
+
+
+def test_guidance_rescale_matches_the_conditional_std_per_frame() -> None:
+    generator = torch.Generator().manual_seed(0)
+    uncond, cond = torch.randn(2, 4, 3, 5, 5, generator=generator), torch.randn(2, 4, 3, 5, 5, generator=generator)
+    cond[:, :, 1] *= 3.0  # one loud frame must not dim the others
+    guided = cfg(uncond, cond, 7.5)
+    assert rescale_guidance(guided, cond, 0.0) is guided
+    full = rescale_guidance(guided, cond, 1.0)
+    torch.testing.assert_close(full.std(dim=(1, 3, 4)), cond.std(dim=(1, 3, 4)))
+    assert not torch.allclose(full.std(dim=(1, 3, 4)), guided.std(dim=(1, 3, 4)))
+    torch.testing.assert_close(rescale_guidance(guided, cond, 0.7), 0.7 * full + 0.3 * guided)  # Lin et al. eq. 17
+    # the direction of every frame's guided output is kept: only its scale changes
+    ratio = full / guided
+    torch.testing.assert_close(ratio, ratio[:, :1, :, :1, :1].expand_as(ratio))
+    with pytest.raises(ConfigError, match=r"expected a fraction in \[0, 1\]"):
+        rescale_guidance(guided, cond, 1.5)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_pipeline
-from zoetrope.errors import FrameCountError, InputError
+from zoetrope.errors import ConfigError, FrameCountError, InputError
 from zoetrope.pipelines.text_to_video import generate, resolve_seeds
 
 SMALL = dict(num_frames=4, width=32, height=32, steps=3, progress=False)
@@ -40,6 +40,17 @@ def test_guidance_and_negative_prompt_change_the_result(pipeline) -> None:
     negative = generate(pipeline, "a red circle", seed=1, negative_prompt="blurry", return_latents=True, **SMALL)
     assert not torch.allclose(base.latents, no_cfg.latents, atol=1e-4)
     assert not torch.allclose(base.latents, negative.latents, atol=1e-4)
+
+
+def test_guidance_rescale_changes_guided_videos_only(pipeline) -> None:
+    plain = generate(pipeline, "a red circle", seed=1, return_latents=True, **SMALL)
+    rescaled = generate(pipeline, "a red circle", seed=1, guidance_rescale=0.7, return_latents=True, **SMALL)
+    assert not torch.allclose(plain.latents, rescaled.latents, atol=1e-4)
+    assert rescaled.metadata(0)["guidance_rescale"] == 0.7 and "guidance_rescale" not in plain.metadata(0)
+    unguided = [generate(pipeline, "a red circle", seed=1, guidance_scale=1.0, guidance_rescale=r, return_latents=True, **SMALL).latents for r in (0.0, 0.7)]
+    assert torch.equal(*unguided)  # no CFG, nothing to rescale
+    with pytest.raises(ConfigError, match="guidance_rescale=2"):
+        generate(pipeline, "a red circle", guidance_rescale=2, **SMALL)
 
 
 def test_callback_sees_every_step(pipeline) -> None:

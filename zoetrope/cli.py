@@ -50,6 +50,10 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", "-H", type=int, default=None, help="height in pixels, multiple of 8")
     parser.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
     parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    parser.add_argument(
+        "--guidance-rescale", type=float, default=0.0, metavar="FRACTION",
+        help="guidance rescale (Lin et al. 2024, A1111's CFG rescale): 0 = off; 0.7 for zero-terminal-SNR models",
+    )
     parser.add_argument("--seed", type=int, default=-1, help="seed of the first video; -1 draws one (recorded)")
     parser.add_argument("--scheduler", choices=SCHEDULERS, default="ddim")
     parser.add_argument("--negative", default="", help="negative prompt")
@@ -136,7 +140,7 @@ def generation_settings(args: argparse.Namespace) -> dict:
 
     settings: dict = dict(
         num_frames=args.frames, width=args.width, height=args.height, steps=args.steps, guidance_scale=args.guidance,
-        seed=args.seed, scheduler=args.scheduler, motion_strength=_numbers(args.motion_strength),
+        guidance_rescale=args.guidance_rescale, seed=args.seed, scheduler=args.scheduler, motion_strength=_numbers(args.motion_strength),
         motion_scale=_numbers(args.motion_scale), decode_chunk_size=args.decode_chunk,
     )
     prompt: object = args.prompt or ""
@@ -431,7 +435,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     clips, used_prompts = [], []
     for seed in range(args.seed, args.seed + args.seeds):
         result = generate(
-            pipeline, prompts, num_frames=args.frames, steps=args.steps, guidance_scale=args.guidance, seed=seed,
+            pipeline, prompts, num_frames=args.frames, steps=args.steps, guidance_scale=args.guidance,
+            guidance_rescale=args.guidance_rescale, seed=seed,
             negative_prompt=args.negative, progress=False, motion_strength=args.motion_strength,
         )
         clips += [frames_to_uint8(video) for video in result.frames]
@@ -514,6 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--frames", type=int, default=16)
     evaluate.add_argument("--steps", type=int, default=25)
     evaluate.add_argument("--guidance", type=float, default=7.5)
+    evaluate.add_argument("--guidance-rescale", type=float, default=0.0, help="0 = off; 0.7 for zero-terminal-SNR models")
     evaluate.add_argument("--negative", default="")
     evaluate.add_argument("--motion-strength", type=float, default=1.0)
     evaluate.add_argument("--dtype", default="fp32")

@@ -21,7 +21,7 @@ from typing import Callable, Mapping, Sequence, Union
 
 import torch
 
-from zoetrope.errors import InputError
+from zoetrope.errors import ConfigError, InputError
 from zoetrope.models.motion_module import MotionWindows
 from zoetrope.models.video_unet import VideoUNet
 from zoetrope.pipelines.components import (
@@ -32,7 +32,7 @@ from zoetrope.pipelines.components import (
     make_scheduler,
 )
 from zoetrope.sampling.context import ContextConfig, context_windows, window_weights, wrap_predict_with_context
-from zoetrope.sampling.guidance import cfg, motion_scale_schedule
+from zoetrope.sampling.guidance import cfg, motion_scale_schedule, rescale_guidance
 from zoetrope.sampling.keyframes import keyframe_replacement, replacement_steps
 from zoetrope.sampling.loop import denoise, start_step_for_strength
 from zoetrope.sampling.noise import freeinit_filter, freeinit_mix, make_noise
@@ -253,6 +253,7 @@ def make_frame_predict(
     motion_scale: float | torch.Tensor = 1.0,
     motion_windows: Callable[[int], MotionWindows | None] | None = None,
     control: SparseControl | None = None,
+    guidance_rescale: float = 0.0,
 ):
     """predict(latents, t, frame_indices, step) -> guided noise for those frames.
 
@@ -286,7 +287,7 @@ def make_frame_predict(
         if not use_cfg:
             return noise
         noise_uncond, noise_cond = noise.chunk(2)
-        return cfg(noise_uncond, noise_cond, guidance_scale)
+        return rescale_guidance(cfg(noise_uncond, noise_cond, guidance_scale), noise_cond, guidance_rescale)
 
     return predict
 
@@ -318,6 +319,7 @@ def generate(
     height: int | None = None,
     steps: int = 25,
     guidance_scale: float = 7.5,
+    guidance_rescale: float = 0.0,
     seed: int | Sequence[int] | None = None,
     scheduler: str = "ddim",
     motion_strength: float | Sequence[float] = 1.0,
@@ -346,7 +348,8 @@ def generate(
     FreeNoise-style); `noise` picks a noise prior (default: the official draw, `torch.randn` of the whole video
     from the seed); `freeinit` re-samples from the low frequencies of the result. `latents` replaces the initial
     noise (benchmarks feed two pipelines the same); `init_latents` + `strength` < 1 start from an encoded video
-    (video-to-video). `decode=False` skips the VAE.
+    (video-to-video). `decode=False` skips the VAE. `guidance_rescale` (0 = off; 0.7 for zero-terminal-SNR models,
+    Lin et al. 2024) pulls the guided prediction's per-frame std back towards the conditional one's.
     """
     # 1. Check and normalise the request.
     if isinstance(prompt, (str, Mapping)):
@@ -356,6 +359,8 @@ def generate(
     if not prompts:
         raise InputError("prompt: at least one prompt is needed")
     travel = travel or TravelSettings()
+    if not 0.0 <= guidance_rescale <= 1.0:
+        raise ConfigError(f"guidance_rescale={guidance_rescale}: expected a fraction in [0, 1] (0 = off, 0.7 as Lin et al. 2024)")
     width, height = width or pipeline.default_size, height or pipeline.default_size
     check_size(width, height, pipeline.vae_scale)
     if context is None:
@@ -377,6 +382,7 @@ def generate(
         extras={
             key: value for key, value in {
                 "motion_scale": motion_scale if motion_scale != 1.0 else None,
+                "guidance_rescale": guidance_rescale or None,
                 "context": asdict(context) if context else None, "context_mode": context_mode if context else None,
                 "travel": asdict(travel) if any(isinstance(p, Mapping) for p in prompts) else None,
                 "noise": noise, "noise_params": dict(noise_params) if noise_params else None,
@@ -430,7 +436,7 @@ def generate(
         pipeline.video_unet, cond, uncond, guidance_scale,
         motion_strength=_per_frame(motion_strength, num_frames), motion_scale=_per_frame(motion_scale, num_frames),
         motion_windows=_motion_windows(num_frames, context) if context is not None and context_mode == "motion" else None,
-        control=control,
+        control=control, guidance_rescale=guidance_rescale,
     )
     guide = None
     if control is not None and control.replace:

@@ -21,6 +21,24 @@ def cfg(noise_uncond: torch.Tensor, noise_cond: torch.Tensor, scale: float | tor
     return noise_uncond + scale * (noise_cond - noise_uncond)
 
 
+def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, rescale: float) -> torch.Tensor:
+    """Guidance rescale (Lin et al. 2024, "Common Diffusion Noise Schedules...", §3.4, eq. 15-17; A1111's CFG rescale,
+    diffusers' `guidance_rescale`): scale the guided output back to the standard deviation of the conditional one,
+    then mix `rescale` of that with (1 - rescale) of the plain guided output.
+
+    Why: with zero terminal SNR a large guidance scale over-exposes (the guided v has a much larger norm than any
+    v the model was trained on); Lin et al. use 0.7. The std is taken per sample *and per frame* (over channels and
+    pixels, as for one image in the paper), so one bright frame does not dim the others. `rescale` 0 is plain CFG.
+    """
+    if not 0.0 <= rescale <= 1.0:
+        raise ConfigError(f"guidance rescale {rescale}: expected a fraction in [0, 1] (0 = off, 0.7 as Lin et al.)")
+    if rescale == 0.0:
+        return guided
+    axes = (1, 3, 4) if guided.ndim == 5 else tuple(range(1, guided.ndim))  # (b, c, f, h, w): per frame
+    ratio = cond.float().std(dim=axes, keepdim=True) / guided.float().std(dim=axes, keepdim=True).clamp(min=1e-12)
+    return (rescale * guided.float() * ratio + (1.0 - rescale) * guided.float()).to(guided.dtype)
+
+
 def cfg_batch(latents: torch.Tensor) -> torch.Tensor:
     """The model input for one CFG call: the latents twice, `[uncond half, cond half]` along the batch axis."""
     return torch.cat([latents, latents])
