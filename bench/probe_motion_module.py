@@ -55,8 +55,10 @@ def probe(pipeline, clips: int, timesteps: list[int], seed: int = 0) -> dict[int
     world = WorldConfig()
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
-    scheduler = make_noise_scheduler(get_stage("motion").noise_schedule())
     unet, model = pipeline.video_unet, pipeline.image_model
+    # the motion stage's betas with the image model's parameterization (epsilon, or v on zero terminal SNR)
+    scheduler = make_noise_scheduler(get_stage("motion").noise_schedule(model.parameterization))
+    velocity = scheduler.config.prediction_type == "v_prediction"
     totals: dict[int, dict[str, float]] = {t: {"motion": 0.0, "order": 0.0, "true": 0.0, "swapped": 0.0} for t in timesteps}
     with torch.no_grad():
         for _ in range(clips):
@@ -69,6 +71,7 @@ def probe(pipeline, clips: int, timesteps: list[int], seed: int = 0) -> dict[int
                 noise = torch.randn(latents.shape, generator=generator)
                 step = torch.tensor([t])
                 noisy = scheduler.add_noise(latents, noise, step)
+                target = scheduler.get_velocity(latents, noise, step) if velocity else noise
                 full = unet(noisy, step, true_text[None])
                 image = unet(noisy, step, true_text[None], motion_strength=0.0)
                 reverse = unet(noisy.flip(2), step, true_text[None]).flip(2)
@@ -77,8 +80,8 @@ def probe(pipeline, clips: int, timesteps: list[int], seed: int = 0) -> dict[int
                 row = totals[t]
                 row["motion"] += float(contribution / image.norm()) / clips
                 row["order"] += float((full - reverse).norm() / contribution) / clips
-                row["true"] += float(((full - noise) ** 2).mean()) / clips
-                row["swapped"] += float(((other - noise) ** 2).mean()) / clips
+                row["true"] += float(((full - target) ** 2).mean()) / clips
+                row["swapped"] += float(((other - target) ** 2).mean()) / clips
     for row in totals.values():
         row["caption_gain"] = row["swapped"] / row["true"] - 1.0
     return totals
