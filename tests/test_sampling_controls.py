@@ -84,6 +84,21 @@ def test_freeinit_reruns_and_changes_the_result(pipeline) -> None:
     assert not torch.allclose(plain, free, atol=1e-4)
 
 
+def test_freeinit_is_refused_on_a_zero_terminal_snr_schedule(pipeline) -> None:
+    """FreeInit keeps the result's low band through t = T; at zero terminal SNR nothing survives there."""
+    import dataclasses
+
+    from zoetrope.errors import ConfigError
+    from zoetrope.pipelines.components import Parameterization, make_scheduler
+
+    zero = dataclasses.replace(pipeline, scheduler_config=Parameterization("v_prediction", True).apply(pipeline.scheduler_config))
+    renoised = make_scheduler("ddim", zero.scheduler_config).add_noise(torch.ones(1, 4, 2, 2, 2), torch.zeros(1, 4, 2, 2, 2), torch.tensor([999]))
+    assert renoised.abs().max().item() == 0.0  # the clean result is gone at t = T
+    with pytest.raises(ConfigError, match="zero terminal SNR"):
+        generate(zero, "x", num_frames=6, freeinit=FreeInitSettings(iterations=2), **SMALL)
+    assert generate(zero, "x", num_frames=6, freeinit=FreeInitSettings(iterations=1), **SMALL).latents is not None
+
+
 def test_motion_scale_and_strength(pipeline) -> None:
     plain = generate(pipeline, "x", num_frames=6, **SMALL).latents
     listed = generate(pipeline, "x", num_frames=6, motion_scale=[1.0] * 6, motion_strength=[1.0] * 6, **SMALL).latents

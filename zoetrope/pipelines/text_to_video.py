@@ -361,6 +361,12 @@ def generate(
     travel = travel or TravelSettings()
     if not 0.0 <= guidance_rescale <= 1.0:
         raise ConfigError(f"guidance_rescale={guidance_rescale}: expected a fraction in [0, 1] (0 = off, 0.7 as Lin et al. 2024)")
+    if freeinit and freeinit.iterations > 1 and pipeline.scheduler_config.get("rescale_betas_zero_snr"):
+        raise ConfigError(
+            "FreeInit re-noises each result to t = T and keeps its low frequencies, but with zero terminal SNR nothing "
+            "of the result survives at t = T (alpha_bar_T = 0), so the iterations would only redraw the high "
+            "frequencies of the same noise; drop --freeinit for this model"
+        )
     width, height = width or pipeline.default_size, height or pipeline.default_size
     check_size(width, height, pipeline.vae_scale)
     if context is None:
