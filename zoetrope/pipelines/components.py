@@ -47,10 +47,11 @@ class Parameterization:
     SD1.5 predicts epsilon on a schedule whose last step keeps sqrt(alpha_bar) = 0.07 of the picture (it never
     reaches zero SNR). Lin et al. 2024 ("Common Diffusion Noise Schedules and Sample Steps are Flawed") rescale the
     betas so alpha_bar_T = 0 (the model must then predict v, Salimans & Ho 2022: epsilon is undefined at T) and
-    sample from t = T with trailing spacing. Why it matters here: a model trained on the flawed schedule reads
-    low-frequency content of the starting noise as picture, so for video the initial noise, not the prompt or the
-    motion module, picks a clip's direction (docs/world-training.md). Sampling such weights with the wrong
-    parameterization gives grey mush, so it travels with the checkpoint (`metadata()` / `from_metadata`).
+    sample from t = T with trailing spacing. Why it matters for video: a model trained on the flawed schedule reads
+    the low frequencies of each frame's starting noise as picture, so a frame's global colour follows its own noise
+    and the background flickers; on the shapes world zero SNR cut that flicker 16x (docs/world-training.md, seventh
+    session). Sampling such weights with the wrong parameterization gives mush, so it travels with the checkpoint
+    (`metadata()` / `from_metadata`).
     """
 
     prediction_type: PredictionType = "epsilon"
