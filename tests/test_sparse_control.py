@@ -292,3 +292,8 @@ def test_keyframe_replacement_guide_pastes_only_keyframes_and_only_early() -> No
         keyframe_replacement(torch.zeros(1, 3, FRAMES, 8, 8), mask, noise, scheduler, 3)
     with pytest.raises(InputError, match="at least one keyframe"):
         keyframe_replacement(condition, torch.zeros_like(mask), noise, scheduler, 3)
+
+
+def test_a_text_reading_temporal_layer_in_the_encoder_is_refused() -> None:
+    with pytest.raises(ConfigError, match="self-attention only"):
+        SparseControlConfig(motion=tiny_motion_config(attentions_per_block=1, attention_block_types=("Temporal_Cross",)))

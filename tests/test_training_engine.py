@@ -165,6 +165,28 @@ def test_motion_export_round_trips_through_load_motion_module(training_files, tm
     assert (config.output_path / "metrics.csv").read_text().count("\n") == 3  # header + 2 steps
 
 
+def test_motion_stage_extends_a_trained_module_with_text_cross_attention(training_files, tmp_path) -> None:
+    """`model.motion.attention_block_types` appends a Temporal_Cross attention to a loaded module: it starts as a
+    no-op, trains, and the export loads as a text-reading module."""
+    types = ["Temporal_Self", "Temporal_Self", "Temporal_Cross"]
+    config = make_config(
+        training_files, tmp_path, "motion", steps=2, lr=1e-2,
+        model={"motion_module": training_files["motion"], "motion": {"attention_block_types": types}},
+    )
+    trainer = Trainer(config, dataset=TensorClips())
+    start = trainer.model.video_unet.motion_modules
+    assert start.config.attention_types == tuple(types) and start.config.cross_attention_dim == TINY_UNET["cross_attention_dim"]
+    assert torch.count_nonzero(start.down_blocks[0].motion_modules[0].transformer_blocks[0].attentions[2].to_out.weight) == 0
+    loaded = load_motion_module(trainer.fit())
+    assert loaded.config.reads_text
+    assert torch.count_nonzero(loaded.down_blocks[0].motion_modules[0].transformer_blocks[0].attentions[2].to_out.weight) > 0
+    with pytest.raises(ConfigError, match="only add attentions in the `motion` stage"):
+        Trainer(
+            make_config(training_files, tmp_path, "motion-lora", model={"motion": {"attention_block_types": types}}),
+            dataset=TensorClips(),
+        )
+
+
 def test_lora_exports_round_trip(training_files, tmp_path) -> None:
     from zoetrope.formats.lora_files import load_domain_adapter, load_motion_lora
 

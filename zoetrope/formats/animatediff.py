@@ -4,8 +4,9 @@ Official keys carry `temporal_transformer.`, `attention_blocks.a`, `norms.a`, `t
 `ff.net.2` and one stored sinusoid per attention (`pos_encoder.pe`, shape `[1, 24|32, C]`). The config is not
 stored in released files: version, layout and PE length are read from the keys (same rules as ComfyUI and
 diffusers' single-file loader: a `mid_block.` module means v2, three blocks with 320 channels at `up_blocks.2`
-mean SDXL beta, a PE of length 24 means v1, otherwise v3). Files written by zoetrope also carry their exact config
-in the safetensors metadata (`zoetrope.motion_config`), which takes precedence.
+mean SDXL beta, a PE of length 24 means v1, otherwise v3). An attention whose `to_k` reads a width other than the
+block's is the official code's `Temporal_Cross` (text cross-attention). Files written by zoetrope also carry their
+exact config in the safetensors metadata (`zoetrope.motion_config`), which takes precedence.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def infer_config(state: Mapping[str, torch.Tensor], metadata: Mapping[str, str] 
             continue
         block, index = match.group(1), int(match.group(2))
         counts[block] = max(counts.get(block, 0), index + 1)
-        if key.endswith(".proj_in.weight") and ".ff." not in key:
+        if key.endswith(".proj_in.weight") and ".ff." not in key and ".transformer_blocks." not in key:
             widths[block] = int(value.shape[0])
     down = sorted((b for b in counts if b.startswith("down_blocks.")), key=lambda b: int(b.split(".")[1]))
     if not down:
@@ -85,6 +86,20 @@ def infer_config(state: Mapping[str, torch.Tensor], metadata: Mapping[str, str] 
     transformer_blocks = {
         int(m) for k in state for m in re.findall(r"\.transformer_blocks\.(\d+)\.", k) if k.startswith(first)
     }
+    # A self-attention's to_k reads its own block's width, a Temporal_Cross one the text width in every block; look
+    # at all blocks, since the text width may equal one of them.
+    module_widths = {f"{b}.motion_modules.": w for b, w in widths.items()}
+    attention_types, cross_widths = [], set()
+    for index in sorted(attentions):
+        sources = {
+            (int(value.shape[1]), next((w for p, w in module_widths.items() if key.startswith(p)), None))
+            for key, value in state.items()
+            if key.endswith(f".attentions.{index}.to_k.weight")
+        }
+        is_cross = any(source != width for source, width in sources if width is not None)
+        attention_types.append("Temporal_Cross" if is_cross else "Temporal_Self")
+        if is_cross:
+            cross_widths |= {source for source, _ in sources}
     pe_lengths = {int(v.shape[1]) for k, v in state.items() if k.endswith(".pos_encoding")}
     mid = "mid_block" in counts
     if len(block_out_channels) == 3:
@@ -96,7 +111,13 @@ def infer_config(state: Mapping[str, torch.Tensor], metadata: Mapping[str, str] 
     else:
         version = "v3"
     preset = PRESETS[version]
+    cross = {}
+    if len(cross_widths) > 1:
+        raise CheckpointError(f"motion module's text attentions read different widths {sorted(cross_widths)}")
+    if cross_widths:
+        cross = dict(attention_block_types=tuple(attention_types), cross_attention_dim=cross_widths.pop())
     return preset.with_(
+        **cross,
         block_out_channels=block_out_channels,
         layers_per_block=layers_per_block,
         mid_block=mid,

@@ -14,6 +14,8 @@ from typing import Mapping
 
 import torch
 
+from zoetrope.errors import CheckpointError
+
 from zoetrope.formats.rename import RenameRules
 from zoetrope.models.motion_module import MotionModuleConfig
 
@@ -56,6 +58,11 @@ def from_diffusers(state: Mapping[str, torch.Tensor], config: MotionModuleConfig
 
 def config_to_diffusers(config: MotionModuleConfig) -> dict:
     """The MotionAdapter config.json for a motion-module config."""
+    if config.reads_text:
+        raise CheckpointError(
+            "this motion module cross-attends to text (Temporal_Cross), which diffusers' MotionAdapter cannot hold; "
+            "save it in the official layout"
+        )
     return {
         "_class_name": "MotionAdapter",
         "block_out_channels": list(config.block_out_channels),

@@ -17,7 +17,7 @@ from typing import Literal, Mapping
 import torch
 
 from zoetrope import __version__
-from zoetrope.errors import CheckpointError
+from zoetrope.errors import CheckpointError, ConfigError
 from zoetrope.formats.animatediff import CONFIG_METADATA_KEY, OFFICIAL, infer_config
 from zoetrope.formats.diffusers_motion import config_from_diffusers, config_to_diffusers, from_diffusers, to_diffusers
 from zoetrope.formats.rename import describe_mismatch, key_mismatch
@@ -67,6 +67,35 @@ def build_motion_modules(
     modules.load_state_dict(full, strict=True)
     modules.config = config
     return modules
+
+
+def extend_motion_modules(modules: MotionModules, attention_block_types: tuple[str, ...], cross_attention_dim: int) -> MotionModules:
+    """`modules` with more attentions per transformer block, appended after its own and starting as no-ops.
+
+    The use: warm-start a module with a text cross-attention (`Temporal_Cross`) from a trained self-attention-only
+    one. The new attentions' output projections are zero, so the extended modules compute exactly what `modules`
+    did until training moves them. Existing attentions must be a prefix of `attention_block_types`.
+    """
+    old = modules.config.attention_types
+    new = tuple(attention_block_types)
+    if new[: len(old)] != old or len(new) <= len(old):
+        raise ConfigError(
+            f"model.motion.attention_block_types={list(new)} cannot extend the loaded motion module's {list(old)}: "
+            "list its attentions first and append the new ones"
+        )
+    config = modules.config.with_(
+        attention_block_types=new, attentions_per_block=len(new), cross_attention_dim=cross_attention_dim
+    )
+    extended = MotionModules(config)
+    missing, unexpected = extended.load_state_dict(modules.state_dict(), strict=False)
+    new_indices = tuple(range(len(old), len(new)))
+    if unexpected or any(not any(f".attentions.{i}." in key or f".attention_norms.{i}." in key for i in new_indices) for key in missing):
+        raise CheckpointError(f"extending the motion module left unexpected keys {unexpected[:3]} / {missing[:3]}")
+    with torch.no_grad():
+        for name, parameter in extended.named_parameters():
+            if any(f".attentions.{i}.to_out." in name for i in new_indices):
+                parameter.zero_()
+    return extended
 
 
 def load_motion_module(
@@ -121,6 +150,7 @@ def save_motion_module(
         return save_state_dict(OFFICIAL.map_to_theirs(state), path, info)
     if layout != "diffusers":
         raise CheckpointError(f"unknown motion-module layout {layout!r}; expected 'official' or 'diffusers'")
+    config_to_diffusers(modules.config)  # refuses what a MotionAdapter cannot hold, before anything is written
     if path.suffix == ".safetensors":
         return save_state_dict(to_diffusers(state), path, info)
     path.mkdir(parents=True, exist_ok=True)

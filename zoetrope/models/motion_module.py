@@ -12,6 +12,11 @@ Two details decide parity with the released checkpoints:
   stream (official `VersatileAttention.forward`);
 - the input GroupNorm is per frame in the official SD1.5 code but joint over frames in the SDXL beta code and in
   diffusers' `AnimateDiffTransformer3D`; `norm_mode` selects between them.
+
+The official code also has a `Temporal_Cross` attention type (`attention_block_types`), in which the frame tokens
+(with their positional codes) attend to the prompt's text tokens instead of to each other. No public checkpoint
+uses it; it is here because a motion module can only follow a motion word its inputs carry, and an image UNet that
+never needed the word may not pass it on (docs/world-training.md, eighth session).
 """
 
 from __future__ import annotations
@@ -26,10 +31,11 @@ from einops import rearrange
 from torch import nn
 
 from zoetrope.config import dump_config, load_config
-from zoetrope.errors import ConfigError
+from zoetrope.errors import ConfigError, InputError
 
 NormMode = Literal["per_frame", "joint"]
 NORM_MODES = ("per_frame", "joint")
+ATTENTION_TYPES = ("Temporal_Self", "Temporal_Cross")
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,10 @@ class MotionModuleConfig:
     `norm_mode` is the motion module's own input GroupNorm; `unet_norm_mode` is how the *image* UNet's ResNet
     GroupNorms (and `conv_norm_out`) pool statistics once inflated: AnimateDiff v1 was trained with them joint over
     frames (official `use_inflated_groupnorm: false`), v2/v3 per frame. `max_frames` is the length of the
-    positional encoding, taken from the checkpoint (24 for v1, 32 for v2/v3/SDXL).
+    positional encoding, taken from the checkpoint (24 for v1, 32 for v2/v3/SDXL). `attention_block_types` names
+    each attention of a transformer block as in the official YAML (`Temporal_Self` or `Temporal_Cross`); empty means
+    `attentions_per_block` self-attentions, which is every released checkpoint. A `Temporal_Cross` attention reads
+    the prompt embedding (width `cross_attention_dim`).
     """
 
     block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
@@ -54,8 +63,21 @@ class MotionModuleConfig:
     unet_norm_mode: NormMode = "per_frame"
     zero_init: bool = True
     version: str = "v3"
+    attention_block_types: tuple[str, ...] = ()
+    cross_attention_dim: int = 768
 
     def __post_init__(self) -> None:
+        if self.attention_block_types:
+            unknown = [kind for kind in self.attention_block_types if kind not in ATTENTION_TYPES]
+            if unknown:
+                raise ConfigError(
+                    f"MotionModuleConfig.attention_block_types: unknown type(s) {unknown}; expected {ATTENTION_TYPES}"
+                )
+            if len(self.attention_block_types) != self.attentions_per_block:
+                raise ConfigError(
+                    f"MotionModuleConfig: attention_block_types lists {len(self.attention_block_types)} attentions but "
+                    f"attentions_per_block is {self.attentions_per_block}; make them agree"
+                )
         object.__setattr__(self, "block_out_channels", tuple(int(c) for c in self.block_out_channels))
         for name in ("norm_mode", "unet_norm_mode"):
             if getattr(self, name) not in NORM_MODES:
@@ -75,6 +97,16 @@ class MotionModuleConfig:
 
     def to_dict(self) -> dict:
         return dump_config(self)
+
+    @property
+    def attention_types(self) -> tuple[str, ...]:
+        """The type of every attention in a transformer block (resolving the empty default)."""
+        return self.attention_block_types or ("Temporal_Self",) * self.attentions_per_block
+
+    @property
+    def reads_text(self) -> bool:
+        """Whether the modules cross-attend to the prompt (then every call must pass the text embedding)."""
+        return "Temporal_Cross" in self.attention_types
 
     @classmethod
     def from_dict(cls, values: dict) -> "MotionModuleConfig":
@@ -112,21 +144,34 @@ class TemporalAttention(nn.Module):
 
     Input and output are `(batch*height*width, frames, channels)`. The positional encoding is added to the
     (already LayerNormed) input from which queries, keys and values are computed, as in the official code.
+    With `cross_attention_dim` set (official `Temporal_Cross`), keys and values come from the text embedding
+    instead: each frame token, position code included, attends to the prompt's tokens (those of its own frame when
+    the prompt travels).
     """
 
-    def __init__(self, channels: int, num_heads: int, max_frames: int) -> None:
+    def __init__(self, channels: int, num_heads: int, max_frames: int, cross_attention_dim: int | None = None) -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.is_cross = cross_attention_dim is not None
+        source = cross_attention_dim if cross_attention_dim is not None else channels
         self.to_q = nn.Linear(channels, channels, bias=False)
-        self.to_k = nn.Linear(channels, channels, bias=False)
-        self.to_v = nn.Linear(channels, channels, bias=False)
+        self.to_k = nn.Linear(source, channels, bias=False)
+        self.to_v = nn.Linear(source, channels, bias=False)
         self.to_out = nn.Linear(channels, channels)
         self.register_buffer("pos_encoding", sinusoidal_encoding(max_frames, channels), persistent=True)
 
-    def forward(self, tokens: torch.Tensor, key_scale: torch.Tensor | None = None) -> torch.Tensor:
-        """`key_scale` (frames,) multiplies the keys: ComfyUI's "motion scale" (a temperature on temporal attention)."""
+    def forward(
+        self, tokens: torch.Tensor, key_scale: torch.Tensor | None = None, text: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`key_scale` (frames,) multiplies the keys: ComfyUI's "motion scale" (a temperature on temporal attention).
+
+        `text` is the prompt embedding `(b, tokens, dim)` or per frame `(b, frames, tokens, dim)`; only a cross
+        attention reads it (and ignores `key_scale`: its keys are words, not frames).
+        """
         num_frames = tokens.shape[1]
         tokens = tokens + self.pos_encoding[:, :num_frames].to(tokens.dtype)
+        if self.is_cross:
+            return self._cross(tokens, text)
         query, key, value = (
             rearrange(projection(tokens), "n f (heads d) -> n heads f d", heads=self.num_heads)
             for projection in (self.to_q, self.to_k, self.to_v)
@@ -135,6 +180,34 @@ class TemporalAttention(nn.Module):
             key = key * key_scale.to(key)[None, None, :, None]
         attended = F.scaled_dot_product_attention(query, key, value)
         return self.to_out(rearrange(attended, "n heads f d -> n f (heads d)"))
+
+    def _cross(self, tokens: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
+        """Every (location, frame) token of a video queries that video's text; keys are computed once per video."""
+        if text is None:
+            raise InputError(
+                "this motion module cross-attends to the prompt (Temporal_Cross) but was called without the text "
+                "embedding; call it through VideoUNet, which passes encoder_hidden_states on"
+            )
+        if text.shape[-1] != self.to_k.in_features:
+            raise InputError(
+                f"the motion module's text attention expects embeddings of width {self.to_k.in_features}, got "
+                f"{text.shape[-1]}: the motion module was trained for another text encoder"
+            )
+        num_frames, heads = tokens.shape[1], self.num_heads
+        batch = text.shape[0]
+        query = self.to_q(tokens).to(text.dtype)
+        key, value = self.to_k(text), self.to_v(text)
+        if text.ndim == 3:  # one prompt per video: all its (location, frame) tokens form one query sequence
+            query = rearrange(query, "(b s) f (heads d) -> b heads (s f) d", b=batch, heads=heads)
+            key, value = (rearrange(x, "b l (heads d) -> b heads l d", heads=heads) for x in (key, value))
+            attended = F.scaled_dot_product_attention(query, key, value)
+            attended = rearrange(attended, "b heads (s f) d -> (b s) f (heads d)", f=num_frames)
+        else:  # prompt travel: each frame's tokens query that frame's prompt
+            query = rearrange(query, "(b s) f (heads d) -> (b f) heads s d", b=batch, heads=heads)
+            key, value = (rearrange(x, "b f l (heads d) -> (b f) heads l d", heads=heads) for x in (key, value))
+            attended = F.scaled_dot_product_attention(query, key, value)
+            attended = rearrange(attended, "(b f) heads s d -> (b s) f (heads d)", f=num_frames)
+        return self.to_out(attended.to(tokens.dtype))
 
 
 class GEGLUFeedForward(nn.Module):
@@ -153,18 +226,25 @@ class GEGLUFeedForward(nn.Module):
 class TemporalTransformerBlock(nn.Module):
     """Pre-norm residual block: `attentions_per_block` temporal self-attentions, then a GEGLU feed-forward."""
 
-    def __init__(self, channels: int, num_heads: int, num_attentions: int, max_frames: int) -> None:
+    def __init__(self, channels: int, config: "MotionModuleConfig") -> None:
         super().__init__()
-        self.attention_norms = nn.ModuleList(nn.LayerNorm(channels) for _ in range(num_attentions))
+        types = config.attention_types
+        self.attention_norms = nn.ModuleList(nn.LayerNorm(channels) for _ in types)
         self.attentions = nn.ModuleList(
-            TemporalAttention(channels, num_heads, max_frames) for _ in range(num_attentions)
+            TemporalAttention(
+                channels, config.num_attention_heads, config.max_frames,
+                config.cross_attention_dim if kind == "Temporal_Cross" else None,
+            )
+            for kind in types
         )
         self.ff_norm = nn.LayerNorm(channels)
         self.ff = GEGLUFeedForward(channels)
 
-    def forward(self, tokens: torch.Tensor, key_scale: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, key_scale: torch.Tensor | None = None, text: torch.Tensor | None = None
+    ) -> torch.Tensor:
         for norm, attention in zip(self.attention_norms, self.attentions):
-            tokens = attention(norm(tokens), key_scale) + tokens
+            tokens = attention(norm(tokens), key_scale, text) + tokens
         return self.ff(self.ff_norm(tokens)) + tokens
 
 
@@ -181,8 +261,7 @@ class MotionModule(nn.Module):
         self.norm = nn.GroupNorm(config.norm_num_groups, channels, eps=1e-6, affine=True)
         self.proj_in = nn.Linear(channels, channels)
         self.transformer_blocks = nn.ModuleList(
-            TemporalTransformerBlock(channels, config.num_attention_heads, config.attentions_per_block, config.max_frames)
-            for _ in range(config.num_transformer_blocks)
+            TemporalTransformerBlock(channels, config) for _ in range(config.num_transformer_blocks)
         )
         self.proj_out = nn.Linear(channels, channels)
         if config.zero_init:
@@ -196,12 +275,14 @@ class MotionModule(nn.Module):
         strength: float | torch.Tensor = 1.0,
         key_scale: torch.Tensor | None = None,
         windows: "MotionWindows | None" = None,
+        text: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`(b f) c h w -> (b f) c h w`.
 
         `strength` (float or per-frame tensor) scales the module's output delta (ComfyUI's "effect");
         `key_scale` (per frame) scales attention keys (ComfyUI's "motion scale"); `windows` runs the temporal
-        transformer on overlapping frame windows and fuses them (FreeNoise-style views inside the motion module).
+        transformer on overlapping frame windows and fuses them (FreeNoise-style views inside the motion module);
+        `text` is the prompt embedding, read only by `Temporal_Cross` attentions.
         """
         height, width = hidden.shape[-2:]
         if self.norm_mode == "joint":
@@ -212,9 +293,16 @@ class MotionModule(nn.Module):
             normed = self.norm(hidden)
         tokens = self.proj_in(rearrange(normed, "(b f) c h w -> (b h w) f c", f=num_frames))
         if windows is None:
-            tokens = self._transform(tokens, key_scale)
+            tokens = self._transform(tokens, key_scale, text)
         else:
-            tokens = windows.apply(lambda part, frames: self._transform(part, None if key_scale is None else key_scale[frames]), tokens)
+            tokens = windows.apply(
+                lambda part, frames: self._transform(
+                    part,
+                    None if key_scale is None else key_scale[frames],
+                    text if text is None or text.ndim == 3 else text[:, frames],
+                ),
+                tokens,
+            )
         delta = rearrange(self.proj_out(tokens), "(b h w) f c -> (b f) c h w", h=height, w=width)
         if isinstance(strength, torch.Tensor):
             # A per-frame strength (frames,) broadcast over the batch: `(b f)` is batch-major.
@@ -223,9 +311,11 @@ class MotionModule(nn.Module):
             return hidden + delta
         return hidden + strength * delta
 
-    def _transform(self, tokens: torch.Tensor, key_scale: torch.Tensor | None) -> torch.Tensor:
+    def _transform(
+        self, tokens: torch.Tensor, key_scale: torch.Tensor | None, text: torch.Tensor | None = None
+    ) -> torch.Tensor:
         for block in self.transformer_blocks:
-            tokens = block(tokens, key_scale)
+            tokens = block(tokens, key_scale, text)
         return tokens
 
 
@@ -294,3 +384,4 @@ class FrameContext:
     strength: float | torch.Tensor = 1.0
     key_scale: torch.Tensor | None = None
     windows: MotionWindows | None = None
+    text: torch.Tensor | None = None

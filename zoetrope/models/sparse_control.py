@@ -79,6 +79,11 @@ class SparseControlConfig:
         object.__setattr__(self, "embedding_channels", tuple(int(c) for c in self.embedding_channels))
         if self.conditioning_channels < 1:
             raise ConfigError(f"SparseControlConfig.conditioning_channels={self.conditioning_channels}; expected >= 1")
+        if self.motion.reads_text:
+            raise ConfigError(
+                "SparseControlConfig.motion: the condition encoder's temporal layers are self-attention only (as in "
+                "the official encoder); remove Temporal_Cross from attention_block_types"
+            )
         if not self.use_simplified_condition_embedding and len(self.embedding_channels) < 1:
             raise ConfigError("SparseControlConfig.embedding_channels is empty; give at least one width, e.g. (16,)")
 

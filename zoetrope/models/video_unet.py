@@ -128,10 +128,12 @@ class VideoUNet(nn.Module):
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 hidden = checkpoint(
                     module, hidden, context.num_frames, context.strength, context.key_scale, context.windows,
-                    use_reentrant=False,
+                    context.text, use_reentrant=False,
                 )
             else:
-                hidden = module(hidden, context.num_frames, context.strength, context.key_scale, context.windows)
+                hidden = module(
+                    hidden, context.num_frames, context.strength, context.key_scale, context.windows, context.text
+                )
             if isinstance(output, tuple):
                 return (hidden, *output[1:])
             if hasattr(output, "sample"):
@@ -160,10 +162,16 @@ class VideoUNet(nn.Module):
         strength: float | torch.Tensor = 1.0,
         key_scale: torch.Tensor | None = None,
         windows: MotionWindows | None = None,
+        text: torch.Tensor | None = None,
     ) -> Iterator[FrameContext]:
-        """Scope in which the image UNet's calls are treated as `num_frames`-frame videos."""
+        """Scope in which the image UNet's calls are treated as `num_frames`-frame videos.
+
+        `text` (the per-video or per-frame prompt embedding) is what `Temporal_Cross` motion modules read.
+        """
         previous = self._context
-        self._context = FrameContext(num_frames=num_frames, strength=strength, key_scale=key_scale, windows=windows)
+        self._context = FrameContext(
+            num_frames=num_frames, strength=strength, key_scale=key_scale, windows=windows, text=text
+        )
         self._last_context = self._context
         try:
             yield self._context
@@ -246,7 +254,7 @@ class VideoUNet(nn.Module):
             added_cond_kwargs = {
                 key: value.repeat_interleave(num_frames, dim=0) for key, value in added_cond_kwargs.items()
             }
-        with self.frame_context(num_frames, motion_strength, motion_scale, motion_windows):
+        with self.frame_context(num_frames, motion_strength, motion_scale, motion_windows, encoder_hidden_states):
             prediction = self.image_unet(
                 frames,
                 timestep,

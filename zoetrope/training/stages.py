@@ -501,14 +501,17 @@ def motion_config_for(unet: nn.Module, preset: str, overrides: Mapping[str, Any]
     values = PRESETS[preset].to_dict()
     values["block_out_channels"] = list(unet.config.block_out_channels)
     values["layers_per_block"] = layers if isinstance(layers, int) else int(layers[0])
+    values["cross_attention_dim"] = int(unet.config.cross_attention_dim)  # what a Temporal_Cross attention reads
     values.update(overrides)
+    if "attention_block_types" in overrides and "attentions_per_block" not in overrides:
+        values["attentions_per_block"] = len(overrides["attention_block_types"])
     return load_config(values, MotionModuleConfig, name="model.motion")
 
 
 def assemble(config: TrainConfig, stage: Stage, generator: torch.Generator) -> StageModel:
     """Build the stage's model and set what trains. Deterministic given the global RNG state (seeded by the caller)."""
     from zoetrope.formats.lora_files import load_domain_adapter
-    from zoetrope.formats.motion import load_motion_module
+    from zoetrope.formats.motion import extend_motion_modules, load_motion_module
 
     image = build_image_model(config, stage)
     scratch = config.model.architecture or ArchitectureConfig()
@@ -519,7 +522,19 @@ def assemble(config: TrainConfig, stage: Stage, generator: torch.Generator) -> S
     if stage.needs_video_unet:
         if config.model.motion_module:
             modules = load_motion_module(config.model.motion_module)
-            if config.model.motion:
+            requested = dict(config.model.motion)
+            types = requested.pop("attention_block_types", None)
+            cross_dim = requested.pop("cross_attention_dim", image.unet.config.cross_attention_dim)
+            requested.pop("attentions_per_block", None)
+            if types is not None and tuple(types) != modules.config.attention_types:
+                if stage.name != "motion":
+                    raise ConfigError(
+                        f"model.motion.attention_block_types can only add attentions in the `motion` stage, not in "
+                        f"{stage.name!r}: the {stage.name} stage adapts the motion module as it is"
+                    )
+                modules = extend_motion_modules(modules, tuple(types), int(cross_dim))
+                logger.info("motion module extended to attentions %s (new ones start as no-ops)", list(types))
+            if requested:
                 logger.info("model.motion is ignored: the motion module's config comes from %s", config.model.motion_module)
         elif stage.name == "motion-lora":
             raise ConfigError("stage 'motion-lora' needs model.motion_module: the motion module the MotionLoRA adapts")
