@@ -10,6 +10,10 @@ only the direction word changes ("moving left" -> "moving right", same seed): ne
 direction, and no motion module can then make the direction follow the prompt (the motion module has no text
 input of its own). Frames are independent stills (motion strength 0), so the bundled motion module only shapes
 the pipeline; it does not act.
+
+It also prints where and how large the object is drawn for each motion word (mean centroid and area of those
+stills). The image data's stills are first frames, so the words carry a real cue: a clip moving left starts in the
+right half of the frame, one growing starts small. A model that learned the cue places the object accordingly.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from zoetrope.media import frames_to_uint8
 from zoetrope.pipelines.load import load_pipeline
 from zoetrope.pipelines.text_to_video import generate
 from zoetrope.world.bundled import bundled_paths
-from zoetrope.world.metrics import classify_background, classify_colour, classify_shape
+from zoetrope.world.metrics import classify_background, classify_colour, classify_shape, track_object
 from zoetrope.world.render import BACKGROUNDS, COLOURS, MOTION_PHRASES, SHAPES
 
 SIZE = 64
@@ -49,6 +53,20 @@ def stills(pipeline, prompts: list[str], seeds: int, steps: int, guidance: float
     return np.stack([frames_to_uint8(video) for video in result.frames]).astype(np.float64)
 
 
+def object_placement(pictures: np.ndarray) -> dict[str, float]:
+    """Mean object centroid (px from the top-left corner) and area (px) over the stills where an object is found."""
+    tracks = [track_object(picture[None]) for picture in pictures]
+    found = [track for track in tracks if track.valid[0]]
+    if not found:
+        return {"x": float("nan"), "y": float("nan"), "area": float("nan"), "found": 0}
+    return {
+        "x": float(np.mean([track.centre_x[0] for track in found])),
+        "y": float(np.mean([track.centre_y[0] for track in found])),
+        "area": float(np.mean([track.area[0] for track in found])),
+        "found": len(found),
+    }
+
+
 def evaluate(model: str, prompts: int = 24, seeds: int = 4, steps: int = 20, guidance: float = 7.5) -> dict:
     """Colour/shape/background accuracy of stills, and the direction response (mean |left - right| in levels)."""
     pipeline = load_pipeline(model, bundled_paths()[1])
@@ -62,7 +80,7 @@ def evaluate(model: str, prompts: int = 24, seeds: int = 4, steps: int = 20, gui
             hits["shape"] += classify_shape(frame[None]) == shape
             hits["background"] += classify_background(frame[None]) == background
     total = prompts * seeds
-    directions = {}
+    directions, placement = {}, {}
     for first, second in (("left", "right"), ("up", "down"), ("grow", "shrink")):
         one, two = (
             stills(
@@ -73,12 +91,15 @@ def evaluate(model: str, prompts: int = 24, seeds: int = 4, steps: int = 20, gui
             for motion in (first, second)
         )
         directions[f"{MOTION_PHRASES[first]} -> {MOTION_PHRASES[second]}"] = float(np.abs(one - two).mean())
+        for motion, pictures in ((first, one), (second, two)):
+            placement[MOTION_PHRASES[motion]] = object_placement(pictures.reshape(-1, *pictures.shape[-3:]))
     seed_change = float(np.abs(images[:8, :1] - images[:8, 1:2]).mean()) if seeds > 1 else None
     return {
         "model": model,
         "stills": total,
         **{f"{name}_accuracy": count / total for name, count in hits.items()},
         "word_change_levels": directions,
+        "placement": placement,
         "seed_change_levels": seed_change,
     }
 
@@ -98,6 +119,8 @@ def main() -> None:
         print(f"  {name + ' accuracy':<30}{100 * results[f'{name}_accuracy']:6.1f} %")
     for name, change in results["word_change_levels"].items():
         print(f"  {name:<30}{change:6.2f} levels changed (same seed)")
+    for motion, place in results["placement"].items():
+        print(f"  {'drawn, ' + motion:<30}x {place['x']:5.1f}  y {place['y']:5.1f}  area {place['area']:6.1f} px")
     if results["seed_change_levels"] is not None:
         print(f"  {'another seed':<30}{results['seed_change_levels']:6.2f} levels changed (another noise draw, for scale)")
     if args.json:

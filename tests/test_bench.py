@@ -133,3 +133,29 @@ def test_reversed_noise_probe_mirrors_the_clip_when_the_module_is_order_blind() 
     assert bench.asymmetry(symmetric) < 0.5 and bench.asymmetry(forward) > 1.0  # palindromic noise: a symmetric clip
     noise = torch.arange(5.0).reshape(1, 1, 5, 1, 1)
     assert bench.palindrome(noise).flatten().tolist() == [0.0, 1.0, 2.0, 1.0, 0.0]
+
+
+def test_image_model_bench_reads_where_and_how_large_the_object_is_drawn() -> None:
+    """`object_placement` on rendered truth: an object drawn right of centre reads right, a larger one larger."""
+    import importlib.util
+
+    import numpy as np
+
+    from zoetrope.world.render import ClipSpec, WorldConfig, render_image
+
+    spec = importlib.util.spec_from_file_location("eval_image_model", ROOT / "bench" / "eval_image_model.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    config = WorldConfig()
+
+    def pictures(x: float, radius: float) -> np.ndarray:
+        return np.stack([
+            render_image(ClipSpec("circle", colour, "grey", "still", x=x, y=0.4, radius=radius), config)
+            for colour in ("red", "blue")
+        ]).astype(np.float64)
+
+    right, left, large = pictures(0.7, 0.12), pictures(0.3, 0.12), pictures(0.3, 0.2)
+    right_place, left_place, large_place = (bench.object_placement(p) for p in (right, left, large))
+    assert right_place["found"] == 2 and abs(right_place["x"] - 0.7 * 64) < 2 and abs(left_place["x"] - 0.3 * 64) < 2
+    assert abs(right_place["y"] - left_place["y"]) < 1
+    assert large_place["area"] > 2 * left_place["area"]
