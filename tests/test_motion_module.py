@@ -128,6 +128,9 @@ def test_cross_modules_round_trip_through_the_official_layout_and_refuse_diffuse
     modules = _cross_modules()
     path = save_motion_module(modules, tmp_path / "cross.safetensors")
     loaded = load_motion_module(path)
+    from zoetrope.formats.detect import inspect_file
+
+    assert "Temporal_Cross on width-32 prompts" in inspect_file(path).describe()
     assert loaded.config.attention_types == ("Temporal_Self", "Temporal_Cross")
     assert loaded.config.cross_attention_dim == 32
     # without zoetrope's metadata the layout is read from the key shapes alone, as for a file of the official code

@@ -86,6 +86,8 @@ def classify(state: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | No
         layout = "official" if any(is_official_motion_key(k) for k in keys) else "diffusers"
         _, config = motion_state_to_ours(state, layout, metadata)
         details = {"version": config.version, "PE length": config.max_frames, "config": config}
+        if config.reads_text:
+            details["text attention"] = f"Temporal_Cross on width-{config.cross_attention_dim} prompts"
         return "motion_module", layout, details
     if starts("model.diffusion_model."):
         width = next(
