@@ -159,3 +159,31 @@ def test_image_model_bench_reads_where_and_how_large_the_object_is_drawn() -> No
     assert right_place["found"] == 2 and abs(right_place["x"] - 0.7 * 64) < 2 and abs(left_place["x"] - 0.3 * 64) < 2
     assert abs(right_place["y"] - left_place["y"]) < 1
     assert large_place["area"] > 2 * left_place["area"]
+
+
+def test_compare_runs_finds_a_small_paired_difference_hidden_in_noisy_curves(tmp_path: Path) -> None:
+    """A 1 % lower loss in run a, under per-step noise 20x larger shared by both runs, gives a large negative t."""
+    import importlib.util
+
+    import numpy as np
+    import pytest
+
+    spec = importlib.util.spec_from_file_location("compare_runs", ROOT / "bench" / "compare_runs.py")
+    compare = importlib.util.module_from_spec(spec)
+    sys.modules["compare_runs"] = compare  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(compare)
+    rng = np.random.default_rng(0)
+    shared = 0.2 + 0.04 * rng.standard_normal(80)  # the same clips and noise in both runs
+    for name, scale in (("a", 0.99), ("b", 1.0)):
+        (tmp_path / name).mkdir()
+        rows = [f"{25 * (i + 1)},{scale * shared[i] + 1e-4 * rng.standard_normal()}" for i in range(80)]
+        (tmp_path / name / "metrics.csv").write_text("step,loss\n" + "\n".join(rows) + "\n")
+    windows = compare.paired_windows(compare.read_losses(tmp_path / "a"), compare.read_losses(tmp_path / "b"), 1000)
+    assert [w.end for w in windows] == [1000, 2000] and [w.rows for w in windows] == [40, 40]
+    assert all(-0.012 < w.relative < -0.008 and w.t < -10 for w in windows)
+    same = compare.paired_windows(compare.read_losses(tmp_path / "b"), compare.read_losses(tmp_path / "b"), 1000)
+    assert all(w.relative == 0.0 and w.t == 0.0 for w in same)
+    with pytest.raises(ValueError, match="no logged step in common"):
+        compare.paired_windows({25: 1.0}, {50: 1.0}, 100)
+    with pytest.raises(FileNotFoundError, match="metrics.csv"):
+        compare.read_losses(tmp_path / "missing")
