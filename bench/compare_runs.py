@@ -15,8 +15,12 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import statistics
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+
+from zoetrope.training.engine import METRICS_FILE
 
 
 @dataclass(frozen=True)
@@ -39,9 +43,9 @@ def read_losses(path: str | Path) -> dict[int, float]:
     """step -> logged loss of a run folder's metrics.csv (or of the CSV file given)."""
     path = Path(path)
     if path.is_dir():
-        path = path / "metrics.csv"
+        path = path / METRICS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no metrics.csv here; pass a run's output_dir or its metrics.csv")
+        raise FileNotFoundError(f"{path}: no {METRICS_FILE} here; pass a run's output_dir or its {METRICS_FILE}")
     with path.open(newline="") as handle:
         return {int(row["step"]): float(row["loss"]) for row in csv.DictReader(handle) if row.get("loss")}
 
@@ -53,28 +57,21 @@ def paired_windows(a: dict[int, float], b: dict[int, float], window: int) -> lis
     steps = sorted(set(a) & set(b))
     if not steps:
         raise ValueError("the two runs have no logged step in common (different log_every, or one has not started)")
+    buckets: dict[int, list[int]] = defaultdict(list)  # window end -> steps in (end - window, end]
+    for step in steps:
+        buckets[-(-step // window) * window].append(step)
     windows = []
-    for start in range(0, steps[-1], window):
-        inside = [step for step in steps if start < step <= start + window]
-        if not inside:
-            continue
+    for end, inside in sorted(buckets.items()):
         differences = [a[step] - b[step] for step in inside]
-        mean = sum(differences) / len(differences)
-        if len(differences) > 1:
-            variance = sum((d - mean) ** 2 for d in differences) / (len(differences) - 1)
-            if variance > 0:
-                t = mean / math.sqrt(variance / len(differences))
-            else:  # identical differences: none (the same run twice) or a constant offset
-                t = 0.0 if mean == 0 else math.copysign(math.inf, mean)
-        else:
+        mean = statistics.fmean(differences)
+        if len(differences) < 2:
             t = math.nan
-        windows.append(Window(
-            end=start + window,
-            rows=len(inside),
-            loss_a=sum(a[step] for step in inside) / len(inside),
-            loss_b=sum(b[step] for step in inside) / len(inside),
-            t=t,
-        ))
+        elif (spread := statistics.stdev(differences)) > 0:
+            t = mean / (spread / math.sqrt(len(differences)))
+        else:  # identical differences: none (the same run twice) or a constant offset
+            t = 0.0 if mean == 0 else math.copysign(math.inf, mean)
+        windows.append(Window(end=end, rows=len(inside), loss_a=statistics.fmean(a[s] for s in inside),
+                              loss_b=statistics.fmean(b[s] for s in inside), t=t))
     return windows
 
 

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_bench(name: str) -> ModuleType:
+    """Import bench/NAME.py (bench/ is not a package). Registered in sys.modules before it runs, as dataclasses
+    defined in the script look their module up while the class is built."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_bench_gpu_tiny_cpu_reports_times_ratio_and_equal_latents() -> None:
@@ -26,13 +38,9 @@ def test_bench_gpu_tiny_cpu_reports_times_ratio_and_equal_latents() -> None:
 
 def test_text_conditioning_probe_hears_colour_words_in_the_bundled_model() -> None:
     """The probe sees the words the bundled model uses: colour (~18 % change) and shape (~11 %)."""
-    import importlib.util
-
     from zoetrope.world.bundled import bundled_paths
 
-    spec = importlib.util.spec_from_file_location("probe", ROOT / "bench" / "probe_text_conditioning.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = load_bench("probe_text_conditioning")
     changes = probe.prediction_changes(str(bundled_paths()[0]), samples=2)
     assert set(changes) == set(probe.PAIRS)
     assert changes["red -> blue"] > 0.05 and changes["circle -> star"] > 0.03
@@ -42,13 +50,9 @@ def test_text_conditioning_probe_hears_colour_words_in_the_bundled_model() -> No
 def test_text_conditioning_probe_reads_the_features_at_every_motion_module_insertion_point() -> None:
     """One reading per motion module of the bundled layout; colour words move the mid-resolution features far more
     than the first block's (measured 42-50 % against 2 %)."""
-    import importlib.util
-
     from zoetrope.world.bundled import bundled_paths
 
-    spec = importlib.util.spec_from_file_location("probe", ROOT / "bench" / "probe_text_conditioning.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = load_bench("probe_text_conditioning")
     changes = probe.feature_changes(str(bundled_paths()[0]), samples=2)
     colour = changes["red -> blue"]
     assert list(colour) == [
@@ -62,14 +66,10 @@ def test_text_conditioning_probe_reads_the_features_at_every_motion_module_inser
 def test_vae_round_trip_bench_reads_true_pictures_perfectly_and_a_blurred_vae_worse() -> None:
     """The originals score 100 % (the metrics on rendered truth); a VAE whose decoder is made to blur the picture
     loses object PSNR and accuracy against the same VAE untouched."""
-    import importlib.util
-
     from zoetrope.world.bundled import bundled_paths
     from zoetrope.world.render import WorldConfig
 
-    spec = importlib.util.spec_from_file_location("eval_vae", ROOT / "bench" / "eval_vae.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("eval_vae")
     vae = bench.load_vae(None, str(bundled_paths()[0]))
     config = WorldConfig(trail_alpha=0.25)
     sharp = bench.evaluate(vae, 24, config, video_domain=False)
@@ -85,13 +85,9 @@ def test_vae_round_trip_bench_reads_true_pictures_perfectly_and_a_blurred_vae_wo
 def test_motion_module_probe_sees_order_and_is_zero_for_an_order_blind_module() -> None:
     """The bundled module acts (motion share > 5 %) and depends on frame order; zeroing its position codes makes
     temporal attention permutation-equivariant, so the probe must then read an order share of ~0."""
-    import importlib.util
-
     from zoetrope.pipelines.load import load_pipeline
 
-    spec = importlib.util.spec_from_file_location("probe_motion", ROOT / "bench" / "probe_motion_module.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("probe_motion_module")
     assert bench.swapped("a red circle moving left on a grey background") == "a red circle moving right on a grey background"
     pipeline = load_pipeline()
     row = bench.probe(pipeline, clips=1, timesteps=[600])[600]
@@ -108,15 +104,11 @@ def test_reversed_noise_probe_mirrors_the_clip_when_the_module_is_order_blind() 
     """With its position codes zeroed the motion module is permutation-equivariant over frames and everything else
     is frame-wise, so the clip from time-reversed noise must be the time-reversed clip: the probe's pairing of noise
     and frames is right. With the codes in place (the bundled module) the two clips are not mirror images."""
-    import importlib.util
-
     import numpy as np
 
     from zoetrope.pipelines.load import load_pipeline
 
-    spec = importlib.util.spec_from_file_location("probe_reversed", ROOT / "bench" / "probe_reversed_noise.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("probe_reversed_noise")
     assert bench.compare("zoom in", "zoom out") == "reversed" and bench.compare("left", "left") == "same"
     assert bench.compare("still", "still") == "undirected" and bench.compare("left", "grow") == "other"
     pipeline = load_pipeline()
@@ -137,15 +129,11 @@ def test_reversed_noise_probe_mirrors_the_clip_when_the_module_is_order_blind() 
 
 def test_image_model_bench_reads_where_and_how_large_the_object_is_drawn() -> None:
     """`object_placement` on rendered truth: an object drawn right of centre reads right, a larger one larger."""
-    import importlib.util
-
     import numpy as np
 
     from zoetrope.world.render import ClipSpec, WorldConfig, render_image
 
-    spec = importlib.util.spec_from_file_location("eval_image_model", ROOT / "bench" / "eval_image_model.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("eval_image_model")
     config = WorldConfig()
 
     def pictures(x: float, radius: float) -> np.ndarray:
@@ -163,15 +151,10 @@ def test_image_model_bench_reads_where_and_how_large_the_object_is_drawn() -> No
 
 def test_compare_runs_finds_a_small_paired_difference_hidden_in_noisy_curves(tmp_path: Path) -> None:
     """A 1 % lower loss in run a, under per-step noise 20x larger shared by both runs, gives a large negative t."""
-    import importlib.util
-
     import numpy as np
     import pytest
 
-    spec = importlib.util.spec_from_file_location("compare_runs", ROOT / "bench" / "compare_runs.py")
-    compare = importlib.util.module_from_spec(spec)
-    sys.modules["compare_runs"] = compare  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(compare)
+    compare = load_bench("compare_runs")
     rng = np.random.default_rng(0)
     shared = 0.2 + 0.04 * rng.standard_normal(80)  # the same clips and noise in both runs
     for name, scale in (("a", 0.99), ("b", 1.0)):
