@@ -225,6 +225,18 @@ def test_eval_scores_style_when_the_suffix_is_a_style_trigger(files, tmp_path) -
     assert all(row["style_correct"] is not None for row in results["clips"])  # style is scored, not n/a
 
 
+def test_eval_keeps_only_the_asked_motions(files, tmp_path, capsys) -> None:
+    model, motion = files
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(model), "--motion-module", str(motion), "--motions", "left,grow",
+                 "--frames", "2", "--steps", "1", "-o", str(out)]) == 0
+    prompts = [row["prompt"] for row in json.loads(out.read_text())["clips"]]
+    assert len(prompts) == 6 and all(("moving left" in p) != ("growing" in p) for p in prompts)
+    code = main(["eval", "--model", str(model), "--motion-module", str(motion), "--motions", "sideways",
+                 "-o", str(out)])
+    assert code == 2 and "['sideways'] not in the base suite; choose from down, grow" in capsys.readouterr().err
+
+
 def test_world_make_with_a_motion_trail(tmp_path, capsys) -> None:
     out = tmp_path / "trail"
     assert main(["world", "make", str(out), "--preset", "pastel", "--scale", "0.02", "--trail-alpha", "0.25"]) == 0

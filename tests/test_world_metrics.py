@@ -196,6 +196,19 @@ def test_evaluate_clips_on_ground_truth_suites() -> None:
     assert all(prompt in table for prompt in prompts)
     assert motion_accuracy(clips, prompts) == 1.0
     assert motion_accuracy(clips[-2:], prompts[-2:]) is None  # camera prompts are not motion-scored
+    assert summary["motion_confusion"] == {motion: {motion: 3} for motion in MOTIONS}
+    assert "asked left, read" in table
+
+
+def test_motion_confusion_shows_a_prompt_deaf_module() -> None:
+    """Every clip moving left, whatever the prompt: accuracy alone says 1 in 8; the confusion says why."""
+    rng = np.random.default_rng(1)
+    prompts = ["a red circle moving left on a grey background", "a blue star moving right on a navy background",
+               "a green square moving up on a black background"]
+    left = render_clip(spec_for_prompt(prompts[0], rng, CONFIG), CONFIG)
+    summary = evaluate_clips([left] * 3, prompts, CONFIG)["summary"]
+    assert summary["motion_confusion"] == {"left": {"left": 1}, "right": {"left": 1}, "up": {"left": 1}}
+    assert "asked right, read" in format_table({"summary": summary})
 
 
 def test_unreadable_input() -> None:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from zoetrope.errors import ConfigError, ZoetropeError
+from zoetrope.errors import ConfigError, InputError, ZoetropeError
 
 logger = logging.getLogger("zoetrope")
 
@@ -424,9 +424,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from zoetrope.pipelines.load import load_pipeline
     from zoetrope.pipelines.text_to_video import generate
     from zoetrope.world.metrics import CAMERA_SUITE, PROMPT_SUITE, evaluate_clips, format_table
+    from zoetrope.world.render import parse_caption
 
     suites = {"base": PROMPT_SUITE, "camera": CAMERA_SUITE}
-    prompts = [p + (f", {args.suffix}" if args.suffix else "") for p in suites[args.suite]][: args.limit or None]
+    suite = list(suites[args.suite])
+    if args.motions:
+        wanted = {name.strip() for name in args.motions.split(",") if name.strip()}
+        asked = {prompt: {parse_caption(prompt).motion, parse_caption(prompt).camera} - {None} for prompt in suite}
+        known = sorted(set().union(*asked.values()))
+        if not wanted <= set(known):
+            raise InputError(
+                f"--motions {args.motions!r}: {sorted(wanted - set(known))} not in the {args.suite} suite; "
+                f"choose from {', '.join(known)}"
+            )
+        suite = [prompt for prompt in suite if asked[prompt] & wanted]
+    prompts = [p + (f", {args.suffix}" if args.suffix else "") for p in suite][: args.limit or None]
     pipeline = load_pipeline(
         args.model, args.motion_module, motion_loras=args.motion_lora, loras=args.lora, adapter=args.adapter,
         dtype=_dtype(args.dtype), device=_device(args.device), prediction_type=args.prediction_type,
@@ -514,6 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--suite", choices=("base", "camera"), default="base")
     evaluate.add_argument("--suffix", default="", help="text appended to every prompt (e.g. a style trigger)")
     evaluate.add_argument("--limit", type=int, default=0, help="only the first N prompts")
+    evaluate.add_argument(
+        "--motions", default="", help="only the suite's prompts with these motions, comma-separated (e.g. left,right)"
+    )
     evaluate.add_argument("--seeds", type=int, default=1, help="videos per prompt")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--frames", type=int, default=16)

@@ -631,7 +631,24 @@ def evaluate_clips(
     summary["mask_iou"] = _mean([row.get("mask_iou") for row in rows])
     summary["flicker"] = _mean([row.get("flicker") for row in rows])
     summary["watermark_leakage"] = _mean([row["watermark_leakage"] for row in rows])
+    summary["motion_confusion"] = motion_confusion(rows)
     return {"summary": summary, "clips": rows}
+
+
+def motion_confusion(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """For each motion the prompts ask for, how often each motion was read from the clips.
+
+    Why: an accuracy alone cannot tell a module that ignores the prompt (every clip moves left, or none moves)
+    from one that confuses two motions; the confusion counts can. Only motion-scored rows count.
+    """
+    counts: dict[str, dict[str, int]] = {}
+    for row in rows:
+        if row.get("motion_correct") is None:
+            continue
+        asked = parse_caption(row["prompt"]).motion
+        read = counts.setdefault(str(asked), {})
+        read[str(row["motion"])] = read.get(str(row["motion"]), 0) + 1
+    return counts
 
 
 _SUMMARY_LABELS = (
@@ -659,6 +676,9 @@ def format_table(results: dict[str, Any]) -> str:
             text += f" (n={summary[scored_key]})"
         lines.append(f"{label:<36}{text}")
     lines.append(f"{'clips':<36}{summary['num_clips']}")
+    for asked, read in summary.get("motion_confusion", {}).items():
+        counts = ", ".join(f"{name} {count}" for name, count in sorted(read.items(), key=lambda item: -item[1]))
+        lines.append(f"{'  asked ' + asked + ', read':<36}{counts}")
     rows = results.get("clips", [])
     if rows:
         width = max(len(row["prompt"]) for row in rows)
@@ -694,6 +714,7 @@ __all__ = [
     "measure_camera",
     "measure_motion",
     "motion_accuracy",
+    "motion_confusion",
     "temporal_consistency",
     "track_object",
     "watermark_leakage",
