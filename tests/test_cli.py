@@ -232,6 +232,11 @@ def test_eval_keeps_only_the_asked_motions(files, tmp_path, capsys) -> None:
                  "--frames", "2", "--steps", "1", "-o", str(out)]) == 0
     prompts = [row["prompt"] for row in json.loads(out.read_text())["clips"]]
     assert len(prompts) == 6 and all(("moving left" in p) != ("growing" in p) for p in prompts)
+    assert main(["eval", "--model", str(model), "--motion-module", str(motion), "--motions", "left,right", "--seeds", "2",
+                 "--same-noise", "--frames", "2", "--steps", "1", "-o", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert [row["seed"] for row in results["clips"]] == [0] * 6 + [1] * 6
+    assert 1 / 6 <= results["summary"]["noise_agreement"] <= 1.0  # six prompts per seed
     code = main(["eval", "--model", str(model), "--motion-module", str(motion), "--motions", "sideways",
                  "-o", str(out)])
     assert code == 2 and "['sideways'] not in the base suite; choose from down, grow" in capsys.readouterr().err

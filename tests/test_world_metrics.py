@@ -25,6 +25,7 @@ from zoetrope.world.metrics import (
     measure_camera,
     measure_motion,
     motion_accuracy,
+    noise_agreement,
     temporal_consistency,
     track_object,
     watermark_leakage,
@@ -209,6 +210,18 @@ def test_motion_confusion_shows_a_prompt_deaf_module() -> None:
     summary = evaluate_clips([left] * 3, prompts, CONFIG)["summary"]
     assert summary["motion_confusion"] == {"left": {"left": 1}, "right": {"left": 1}, "up": {"left": 1}}
     assert "asked right, read" in format_table({"summary": summary})
+
+
+def test_noise_agreement_tells_noise_from_prompt() -> None:
+    def rows(reads: list[tuple[int, str]]) -> list[dict]:
+        return [{"seed": seed, "motion": read, "motion_correct": True} for seed, read in reads]
+
+    follows_noise = rows([(0, "left"), (0, "left"), (1, "right"), (1, "right")])
+    follows_prompt = rows([(0, "left"), (0, "right"), (1, "left"), (1, "right")])
+    assert noise_agreement(follows_noise) == 1.0 and noise_agreement(follows_prompt) == 0.5
+    unscored = [{"seed": 0, "motion": "left", "motion_correct": None}] * 2
+    assert noise_agreement(rows([(0, "left"), (1, "left")]) + unscored) is None  # no seed with two scored rows
+    assert "same-noise agreement" not in format_table(evaluate_clips([], []))
 
 
 def test_unreadable_input() -> None:

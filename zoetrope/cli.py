@@ -423,7 +423,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from zoetrope.media import frames_to_uint8
     from zoetrope.pipelines.load import load_pipeline
     from zoetrope.pipelines.text_to_video import generate
-    from zoetrope.world.metrics import CAMERA_SUITE, PROMPT_SUITE, evaluate_clips, format_table
+    from zoetrope.world.metrics import CAMERA_SUITE, PROMPT_SUITE, evaluate_clips, format_table, noise_agreement
     from zoetrope.world.render import parse_caption
 
     suites = {"base": PROMPT_SUITE, "camera": CAMERA_SUITE}
@@ -444,16 +444,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         dtype=_dtype(args.dtype), device=_device(args.device), prediction_type=args.prediction_type,
         zero_terminal_snr=args.zero_snr,
     )
-    clips, used_prompts = [], []
+    clips, used_prompts, seeds = [], [], []
     for seed in range(args.seed, args.seed + args.seeds):
         result = generate(
             pipeline, prompts, num_frames=args.frames, steps=args.steps, guidance_scale=args.guidance,
-            guidance_rescale=args.guidance_rescale, seed=seed,
+            guidance_rescale=args.guidance_rescale, seed=[seed] * len(prompts) if args.same_noise else seed,
             negative_prompt=args.negative, progress=False, motion_strength=args.motion_strength,
         )
         clips += [frames_to_uint8(video) for video in result.frames]
         used_prompts += [_scored_prompt(p, args.suffix) for p in prompts]
+        seeds += result.settings.seeds
     results = evaluate_clips(clips, used_prompts)
+    for row, seed in zip(results["clips"], seeds, strict=True):
+        row["seed"] = seed
+    if args.same_noise:
+        results["summary"]["noise_agreement"] = noise_agreement(results["clips"])
     results["settings"] = {k: v for k, v in vars(args).items() if k != "handler"}
     print(format_table(results))
     output = Path(args.output)
@@ -529,7 +534,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--motions", default="", help="only the suite's prompts with these motions, comma-separated (e.g. left,right)"
     )
-    evaluate.add_argument("--seeds", type=int, default=1, help="videos per prompt")
+    evaluate.add_argument(
+        "--seeds", type=int, default=1,
+        help="videos per prompt: round r gives prompt i the seed SEED + r + i (or SEED + r with --same-noise)",
+    )
+    evaluate.add_argument(
+        "--same-noise", action="store_true",
+        help="every prompt of a round starts from the same noise, so the motion read can be compared across prompts",
+    )
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--frames", type=int, default=16)
     evaluate.add_argument("--steps", type=int, default=25)

@@ -635,6 +635,22 @@ def evaluate_clips(
     return {"summary": summary, "clips": rows}
 
 
+def noise_agreement(rows: Sequence[dict[str, Any]]) -> float | None:
+    """How far the motion read follows the starting noise rather than the prompt, from rows with a `seed`.
+
+    For each seed shared by several motion-scored rows (prompts asking for different motions from the same noise,
+    `zoetrope eval --same-noise`), the fraction of them that read the seed's most common motion; the mean over
+    seeds. 1.0: the noise decides the motion whatever the prompt says; 1 / (motions asked) for a module that
+    follows the prompt perfectly. None when no seed has two scored rows.
+    """
+    by_seed: dict[int, list[str]] = {}
+    for row in rows:
+        if row.get("motion_correct") is not None and row.get("seed") is not None:
+            by_seed.setdefault(int(row["seed"]), []).append(str(row["motion"]))
+    shares = [max(map(read.count, read)) / len(read) for read in by_seed.values() if len(read) > 1]
+    return float(np.mean(shares)) if shares else None
+
+
 def motion_confusion(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """For each motion the prompts ask for, how often each motion was read from the clips.
 
@@ -662,6 +678,7 @@ _SUMMARY_LABELS = (
     ("mask_iou", "temporal consistency (mask IoU)", None),
     ("flicker", "flicker (8-bit levels)", None),
     ("watermark_leakage", "watermark leakage", None),
+    ("noise_agreement", "same-noise agreement (1 = noise decides)", None),
 )
 
 
@@ -670,7 +687,9 @@ def format_table(results: dict[str, Any]) -> str:
     summary = results["summary"]
     lines = [f"{'metric':<36}value", "-" * 48]
     for key, label, scored_key in _SUMMARY_LABELS:
-        value = summary.get(key)
+        if key not in summary:
+            continue
+        value = summary[key]
         text = "n/a" if value is None else f"{value:.3f}"
         if scored_key is not None and value is not None:
             text += f" (n={summary[scored_key]})"
@@ -715,6 +734,7 @@ __all__ = [
     "measure_motion",
     "motion_accuracy",
     "motion_confusion",
+    "noise_agreement",
     "temporal_consistency",
     "track_object",
     "watermark_leakage",
