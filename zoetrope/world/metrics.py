@@ -678,7 +678,7 @@ _SUMMARY_LABELS = (
     ("mask_iou", "temporal consistency (mask IoU)", None),
     ("flicker", "flicker (8-bit levels)", None),
     ("watermark_leakage", "watermark leakage", None),
-    ("noise_agreement", "same-noise agreement (1 = noise decides)", None),
+    ("noise_agreement", "same-noise agreement", None),
 )
 
 
