@@ -430,7 +430,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     suite = list(suites[args.suite])
     if args.motions:
         wanted = {name.strip() for name in args.motions.split(",") if name.strip()}
-        asked = {prompt: {parse_caption(prompt).motion, parse_caption(prompt).camera} - {None} for prompt in suite}
+        intents = {prompt: parse_caption(prompt) for prompt in suite}
+        asked = {prompt: {intent.motion, intent.camera} - {None} for prompt, intent in intents.items()}
         known = sorted(set().union(*asked.values()))
         if not wanted <= set(known):
             raise InputError(

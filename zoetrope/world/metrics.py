@@ -21,6 +21,8 @@ and geometric, so they can be trusted on 64-pixel clips:
 
 from __future__ import annotations
 
+from collections import Counter
+
 import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -647,7 +649,7 @@ def noise_agreement(rows: Sequence[dict[str, Any]]) -> float | None:
     for row in rows:
         if row.get("motion_correct") is not None and row.get("seed") is not None:
             by_seed.setdefault(int(row["seed"]), []).append(str(row["motion"]))
-    shares = [max(map(read.count, read)) / len(read) for read in by_seed.values() if len(read) > 1]
+    shares = [Counter(read).most_common(1)[0][1] / len(read) for read in by_seed.values() if len(read) > 1]
     return float(np.mean(shares)) if shares else None
 
 
@@ -657,14 +659,11 @@ def motion_confusion(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]
     Why: an accuracy alone cannot tell a module that ignores the prompt (every clip moves left, or none moves)
     from one that confuses two motions; the confusion counts can. Only motion-scored rows count.
     """
-    counts: dict[str, dict[str, int]] = {}
+    counts: dict[str, Counter] = {}
     for row in rows:
-        if row.get("motion_correct") is None:
-            continue
-        asked = parse_caption(row["prompt"]).motion
-        read = counts.setdefault(str(asked), {})
-        read[str(row["motion"])] = read.get(str(row["motion"]), 0) + 1
-    return counts
+        if row.get("motion_correct") is not None:
+            counts.setdefault(str(parse_caption(row["prompt"]).motion), Counter())[str(row["motion"])] += 1
+    return {asked: dict(read) for asked, read in counts.items()}
 
 
 _SUMMARY_LABELS = (
