@@ -513,11 +513,35 @@ def test_logit_normal_timesteps_follow_the_distribution_and_uniform_is_unchanged
     assert (steps >= 500).double().mean().item() == pytest.approx(0.8413, abs=0.01)  # P(n > 0) for n ~ N(1, 1)
 
 
+def test_timestep_mixture_draws_the_uniform_share_uniformly() -> None:
+    config = load_train_config(
+        {"stage": "motion", "output_dir": "x", "timestep_sampling": "logit_normal", "timestep_mean": 2.0,
+         "timestep_std": 0.7, "timestep_uniform_fraction": 0.3}
+    )
+    steps = sample_timesteps(config, 1000, 40000, torch.Generator().manual_seed(1)).double()
+    # below t = 500 the logit-normal part has P(n < 0) = P(z < -2.86) = 0.002; the uniform share puts 0.3 * 0.5 there
+    assert (steps < 500).double().mean().item() == pytest.approx(0.3 * 0.5 + 0.7 * 0.0021, abs=0.01)
+    assert (steps < 100).double().mean().item() == pytest.approx(0.03, abs=0.005)
+    pure = load_train_config(
+        {"stage": "motion", "output_dir": "x", "timestep_sampling": "logit_normal", "timestep_mean": 2.0, "timestep_std": 0.7}
+    )
+    # the pure logit-normal draw is unchanged by the option's existence (runs made before it reproduce)
+    first = sample_timesteps(pure, 1000, 6, torch.Generator().manual_seed(5))
+    logits = torch.randn(6, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 0.7 + 2.0
+    assert torch.equal(first, torch.floor(torch.sigmoid(logits) * 1000).long())
+
+
 def test_timestep_options_are_checked() -> None:
     with pytest.raises(ConfigError, match="timestep_std"):
         load_train_config({"stage": "motion", "output_dir": "x", "timestep_sampling": "logit_normal", "timestep_std": 0})
     with pytest.raises(ConfigError, match="timestep_sampling: logit_normal"):
         load_train_config({"stage": "motion", "output_dir": "x", "timestep_mean": 1.0})
+    with pytest.raises(ConfigError, match="timestep_sampling: logit_normal"):
+        load_train_config({"stage": "motion", "output_dir": "x", "timestep_uniform_fraction": 0.5})
+    with pytest.raises(ConfigError, match=r"in \[0, 1\)"):
+        load_train_config(
+            {"stage": "motion", "output_dir": "x", "timestep_sampling": "logit_normal", "timestep_uniform_fraction": 1.0}
+        )
 
 
 class CountingClips(TensorClips):

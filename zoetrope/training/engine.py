@@ -148,13 +148,18 @@ def sample_timesteps(config: TrainConfig, num_train_timesteps: int, count: int, 
     """`count` training timesteps in [0, T) as `config.timestep_sampling` says (see `TrainConfig`).
 
     Uniform is one `randint` draw (bit-identical to runs made before this option); logit-normal is one `randn` draw
-    pushed through a sigmoid, so the run's random stream stays one draw per sample either way.
+    pushed through a sigmoid, so the run's random stream stays one draw per sample either way. A mixture
+    (`timestep_uniform_fraction` > 0) draws both and a coin per sample, three draws, only when asked for.
     """
     if config.timestep_sampling == "uniform":
         return torch.randint(0, num_train_timesteps, (count,), generator=generator)
     logits = torch.randn(count, generator=generator, dtype=torch.float64) * config.timestep_std + config.timestep_mean
-    steps = torch.floor(torch.sigmoid(logits) * num_train_timesteps).long()
-    return steps.clamp_(0, num_train_timesteps - 1)
+    steps = torch.floor(torch.sigmoid(logits) * num_train_timesteps).long().clamp_(0, num_train_timesteps - 1)
+    if config.timestep_uniform_fraction > 0:
+        uniform = torch.randint(0, num_train_timesteps, (count,), generator=generator)
+        coin = torch.rand(count, generator=generator, dtype=torch.float64) < config.timestep_uniform_fraction
+        steps = torch.where(coin, uniform, steps)
+    return steps
 
 
 # ---------------------------------------------------------------------------------------------------- distributed
