@@ -104,6 +104,34 @@ def test_files_yaml_json_and_bad_files(tmp_path) -> None:
         load_config(tmp_path / "typo.yaml", Outer)
 
 
+def test_extends_merges_mappings_and_replaces_the_rest(tmp_path) -> None:
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "b.yaml").write_text("name: base\nsteps: 3\nsizes: [1, 2, 3]\ninner:\n  rank: 2\n  alpha: 0.5\n")
+    (tmp_path / "a.yaml").write_text("extends: base/b.yaml\nname: child\nsizes: [9]\ninner:\n  rank: 8\n")
+    config = load_config(tmp_path / "a.yaml", Outer)
+    assert (config.name, config.steps, config.sizes, config.inner) == ("child", 3, (9,), Inner(rank=8, alpha=0.5))
+    (tmp_path / "c.yaml").write_text("extends: c.yaml\nname: loop\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: `extends: c.yaml` makes a cycle"):
+        load_config(tmp_path / "c.yaml", Outer)
+    (tmp_path / "m.yaml").write_text("extends: nowhere.yaml\nname: x\n")
+    with pytest.raises(ConfigError, match=r"m.yaml: `extends: nowhere.yaml`: no such file"):
+        load_config(tmp_path / "m.yaml", Outer)
+    (tmp_path / "l.yaml").write_text("extends: [a.yaml]\nname: x\n")
+    with pytest.raises(ConfigError, match="`extends` must name one config file"):
+        load_config(tmp_path / "l.yaml", Outer)
+
+
+def test_the_self_attention_control_differs_from_its_experiment_in_two_keys() -> None:
+    experiments = CONFIGS / "world" / "experiments"
+    cross = dump_config(load_train_config(experiments / "motion-cross-bundled.yaml"))
+    control = dump_config(load_train_config(experiments / "motion-self-bundled.yaml"))
+    assert control["model"]["motion"] == {"attention_block_types": []}
+    assert cross["model"]["motion"]["attention_block_types"][-1] == "Temporal_Cross"
+    cross["model"]["motion"] = control["model"]["motion"]
+    cross["output_dir"] = control["output_dir"]
+    assert cross == control
+
+
 def test_overrides_are_parsed_as_yaml_and_checked() -> None:
     config = load_config({"name": "x"}, Outer, overrides=["lr=1e-5", "inner.rank=16", "sizes=[3, 4]", "maybe.alpha=0.5"])
     assert (config.lr, config.inner.rank, config.sizes, config.maybe.alpha) == (1e-5, 16, (3, 4), 0.5)

@@ -161,8 +161,13 @@ def _build(values: Mapping[str, Any], cls: type[T], prefix: str) -> T:
         raise _Mismatch(prefix or cls.__name__, str(error)) from None
 
 
-def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """The mapping in a `.yaml`/`.yml`/`.json` file, with a ConfigError naming the file when it is not one."""
+def read_config_file(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping in a `.yaml`/`.yml`/`.json` file, with a ConfigError naming the file when it is not one.
+
+    A top-level `extends: OTHER.yaml` (relative to this file) reads OTHER first and lays this file over it:
+    mappings merge key by key, anything else (lists included) replaces. Why: an experiment and its control differ in
+    one or two keys, and a copied file drifts from its original without anyone noticing.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file; pass a .yaml or .json training config")
@@ -176,7 +181,29 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         values = {}
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values, found {type(values).__name__}")
-    return values
+    if "extends" not in values:
+        return values
+    base_name = values.pop("extends")
+    if not isinstance(base_name, str) or not base_name:
+        raise ConfigError(f"{path}: `extends` must name one config file (relative to this one), found {base_name!r}")
+    base_path = (path.parent / base_name).resolve()
+    chain = (*_seen, path.resolve())
+    if base_path in chain:
+        raise ConfigError(f"{path}: `extends: {base_name}` makes a cycle ({' -> '.join(p.name for p in (*chain, base_path))})")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: `extends: {base_name}`: no such file {base_path}")
+    return _merge(read_config_file(base_path, chain), values)
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`over` laid on `base`: nested mappings merge key by key, every other value of `over` replaces."""
+    result = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = _merge(result[key], value)
+        else:
+            result[key] = value
+    return result
 
 
 def apply_overrides(values: Mapping[str, Any], overrides: Sequence[str], source: str = "--set") -> dict[str, Any]:
