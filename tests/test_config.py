@@ -87,21 +87,29 @@ def test_every_mistake_names_the_key(values, message) -> None:
     assert message in str(error.value)
 
 
-def test_files_yaml_json_and_bad_files(tmp_path) -> None:
+def test_yaml_and_json_files_read_alike(tmp_path) -> None:
     (tmp_path / "a.yaml").write_text("name: run\ninner:\n  rank: 2\n")
     (tmp_path / "a.json").write_text(json.dumps({"name": "run", "inner": {"rank": 2}}))
     assert load_config(tmp_path / "a.yaml", Outer) == load_config(tmp_path / "a.json", Outer)
-    (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML"):
-        load_config(tmp_path / "bad.yaml", Outer)
-    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
-    with pytest.raises(ConfigError, match="top level must be a mapping"):
-        load_config(tmp_path / "list.yaml", Outer)
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "missing.yaml", Outer)
-    (tmp_path / "typo.yaml").write_text("name: run\ninner:\n  rnak: 2\n")
-    with pytest.raises(ConfigError, match=r"typo.yaml: key `inner.rnak`: unknown key"):
-        load_config(tmp_path / "typo.yaml", Outer)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("bad.yaml", "name: [unclosed\n", r"bad.yaml: not valid YAML"),
+        ("list.yaml", "- 1\n- 2\n", "top level must be a mapping"),
+        ("typo.yaml", "name: run\ninner:\n  rnak: 2\n", r"typo.yaml: key `inner.rnak`: unknown key"),
+        ("c.yaml", "extends: c.yaml\nname: loop\n", r"c.yaml: `extends: c.yaml` makes a cycle"),
+        ("m.yaml", "extends: nowhere.yaml\nname: x\n", r"m.yaml: `extends: nowhere.yaml`: no such file"),
+        ("l.yaml", "extends: [a.yaml]\nname: x\n", "`extends` must name one config file"),
+    ],
+)
+def test_bad_config_files_name_the_file_and_the_problem(tmp_path, name, text, message) -> None:
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(tmp_path / name, Outer)
 
 
 def test_extends_merges_mappings_and_replaces_the_rest(tmp_path) -> None:
@@ -110,15 +118,6 @@ def test_extends_merges_mappings_and_replaces_the_rest(tmp_path) -> None:
     (tmp_path / "a.yaml").write_text("extends: base/b.yaml\nname: child\nsizes: [9]\ninner:\n  rank: 8\n")
     config = load_config(tmp_path / "a.yaml", Outer)
     assert (config.name, config.steps, config.sizes, config.inner) == ("child", 3, (9,), Inner(rank=8, alpha=0.5))
-    (tmp_path / "c.yaml").write_text("extends: c.yaml\nname: loop\n")
-    with pytest.raises(ConfigError, match=r"c.yaml: `extends: c.yaml` makes a cycle"):
-        load_config(tmp_path / "c.yaml", Outer)
-    (tmp_path / "m.yaml").write_text("extends: nowhere.yaml\nname: x\n")
-    with pytest.raises(ConfigError, match=r"m.yaml: `extends: nowhere.yaml`: no such file"):
-        load_config(tmp_path / "m.yaml", Outer)
-    (tmp_path / "l.yaml").write_text("extends: [a.yaml]\nname: x\n")
-    with pytest.raises(ConfigError, match="`extends` must name one config file"):
-        load_config(tmp_path / "l.yaml", Outer)
 
 
 def test_the_self_attention_control_differs_from_its_experiment_in_two_keys() -> None:
