@@ -21,9 +21,8 @@ and geometric, so they can be trusted on 64-pixel clips:
 
 from __future__ import annotations
 
-from collections import Counter
-
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
