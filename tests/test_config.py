@@ -131,6 +131,17 @@ def test_the_self_attention_control_differs_from_its_experiment_in_two_keys() ->
     assert cross == control
 
 
+def test_each_curriculum_stage_starts_from_the_previous_stages_module() -> None:
+    """The curriculum is a chain of runs: a stage that named the wrong start would silently train something else."""
+    stages = sorted((CONFIGS / "world" / "experiments").glob("curriculum-*.yaml"))
+    assert len(stages) >= 3
+    configs = [load_train_config(path) for path in stages]
+    for previous, stage in zip(configs, configs[1:]):
+        assert stage.model.motion_module == f"{previous.output_dir}/motion_module.safetensors"
+        assert stage.output_dir != previous.output_dir
+    assert {config.stage for config in configs} == {"motion"}
+
+
 def test_overrides_are_parsed_as_yaml_and_checked() -> None:
     config = load_config({"name": "x"}, Outer, overrides=["lr=1e-5", "inner.rank=16", "sizes=[3, 4]", "maybe.alpha=0.5"])
     assert (config.lr, config.inner.rank, config.sizes, config.maybe.alpha) == (1e-5, 16, (3, 4), 0.5)
