@@ -43,12 +43,14 @@ def prompt_grid(count: int) -> list[tuple[str, str, str]]:
     ]
 
 
-def stills(pipeline, prompts: list[str], seeds: int, steps: int, guidance: float) -> np.ndarray:
+def stills(
+    pipeline, prompts: list[str], seeds: int, steps: int, guidance: float, rescale: float | None = None
+) -> np.ndarray:
     """Stills as float 8-bit levels (len(prompts), seeds, h, w, 3): one generation per prompt, `seeds` frames each
     (independent noise per frame, motion off)."""
     result = generate(
         pipeline, prompts, num_frames=seeds, width=SIZE, height=SIZE, steps=steps, guidance_scale=guidance,
-        seed=list(range(len(prompts))), motion_strength=0.0, progress=False,
+        guidance_rescale=rescale, seed=list(range(len(prompts))), motion_strength=0.0, progress=False,
     )
     return np.stack([frames_to_uint8(video) for video in result.frames]).astype(np.float64)
 
@@ -67,12 +69,18 @@ def object_placement(pictures: np.ndarray) -> dict[str, float]:
     }
 
 
-def evaluate(model: str, prompts: int = 24, seeds: int = 4, steps: int = 20, guidance: float = 7.5) -> dict:
-    """Colour/shape/background accuracy of stills, and the direction response (mean |left - right| in levels)."""
+def evaluate(
+    model: str, prompts: int = 24, seeds: int = 4, steps: int = 20, guidance: float = 7.5, rescale: float | None = None
+) -> dict:
+    """Colour/shape/background accuracy of stills, and the direction response (mean |left - right| in levels).
+
+    `guidance` matters more than it looks: a zero-terminal-SNR v-prediction model over-saturates at SD's usual 7.5
+    (colours drift, backgrounds wash out), which reads as lost fidelity; sweep it; `rescale` None takes the
+    pipeline's default (0.7 for such a model)."""
     pipeline = load_pipeline(model, bundled_paths()[1])
     grid = prompt_grid(prompts)
     texts = [f"a {colour} {shape} on a {background} background" for colour, shape, background in grid]
-    images = stills(pipeline, texts, seeds, steps, guidance)
+    images = stills(pipeline, texts, seeds, steps, guidance, rescale)
     hits = {"colour": 0, "shape": 0, "background": 0}
     for (colour, shape, background), frames in zip(grid, images, strict=True):
         for frame in frames:
@@ -86,7 +94,7 @@ def evaluate(model: str, prompts: int = 24, seeds: int = 4, steps: int = 20, gui
             stills(
                 pipeline,
                 [f"a {c} {s} {MOTION_PHRASES[motion]} on a {b} background" for c, s, b in grid[:8]],
-                seeds, steps, guidance,
+                seeds, steps, guidance, rescale,
             )
             for motion in (first, second)
         )
@@ -96,6 +104,8 @@ def evaluate(model: str, prompts: int = 24, seeds: int = 4, steps: int = 20, gui
     seed_change = float(np.abs(images[:8, :1] - images[:8, 1:2]).mean()) if seeds > 1 else None
     return {
         "model": model,
+        "guidance": guidance,
+        "guidance_rescale": rescale,
         "stills": total,
         **{f"{name}_accuracy": count / total for name, count in hits.items()},
         "word_change_levels": directions,
@@ -111,9 +121,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument(
+        "--guidance-rescale", type=float, default=None, help="0 = off; default 0.7 for zero-terminal-SNR models, else 0"
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
-    results = evaluate(args.model, args.prompts, args.seeds, args.steps, args.guidance)
+    results = evaluate(args.model, args.prompts, args.seeds, args.steps, args.guidance, args.guidance_rescale)
     print(f"{results['model']}: {results['stills']} stills")
     for name in ("colour", "shape", "background"):
         print(f"  {name + ' accuracy':<30}{100 * results[f'{name}_accuracy']:6.1f} %")

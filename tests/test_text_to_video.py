@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from conftest import make_tiny_pipeline
 from zoetrope.errors import ConfigError, FrameCountError, InputError
+from zoetrope.pipelines.components import Parameterization
 from zoetrope.pipelines.text_to_video import generate, resolve_seeds
 
 SMALL = dict(num_frames=4, width=32, height=32, steps=3, progress=False)
@@ -51,6 +54,20 @@ def test_guidance_rescale_changes_guided_videos_only(pipeline) -> None:
     assert torch.equal(*unguided)  # no CFG, nothing to rescale
     with pytest.raises(ConfigError, match="guidance_rescale=2"):
         generate(pipeline, "a red circle", guidance_rescale=2, **SMALL)
+
+
+def test_a_zero_snr_model_samples_with_guidance_rescale_unless_told_otherwise(pipeline) -> None:
+    """Lin et al.'s 0.7 is the default only where the checkpoint says zero terminal SNR (plain CFG over-saturates)."""
+    schedule = Parameterization("v_prediction", True).apply(pipeline.scheduler_config)
+    zero_snr = dataclasses.replace(pipeline, scheduler_config=schedule)
+    default, explicit, off = (
+        generate(zero_snr, "a red circle", seed=1, return_latents=True, **SMALL, **rescale)
+        for rescale in ({}, {"guidance_rescale": 0.7}, {"guidance_rescale": 0.0})
+    )
+    assert torch.equal(default.latents, explicit.latents)
+    assert not torch.allclose(default.latents, off.latents, atol=1e-4)
+    assert default.metadata(0)["guidance_rescale"] == 0.7 and "guidance_rescale" not in off.metadata(0)
+    assert "guidance_rescale" not in generate(pipeline, "a red circle", seed=1, **SMALL).metadata(0)  # epsilon: off
 
 
 def test_callback_sees_every_step(pipeline) -> None:

@@ -51,8 +51,9 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
     parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
     parser.add_argument(
-        "--guidance-rescale", type=float, default=0.0, metavar="FRACTION",
-        help="guidance rescale (Lin et al. 2024, A1111's CFG rescale): 0 = off; 0.7 for zero-terminal-SNR models",
+        "--guidance-rescale", type=float, default=None, metavar="FRACTION",
+        help="guidance rescale (Lin et al. 2024, A1111's CFG rescale): 0 = off; default 0.7 for models whose "
+        "checkpoint says zero terminal SNR, else 0",
     )
     parser.add_argument("--seed", type=int, default=-1, help="seed of the first video; -1 draws one (recorded)")
     parser.add_argument("--scheduler", choices=SCHEDULERS, default="ddim")
@@ -547,7 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--frames", type=int, default=16)
     evaluate.add_argument("--steps", type=int, default=25)
     evaluate.add_argument("--guidance", type=float, default=7.5)
-    evaluate.add_argument("--guidance-rescale", type=float, default=0.0, help="0 = off; 0.7 for zero-terminal-SNR models")
+    evaluate.add_argument(
+        "--guidance-rescale", type=float, default=None, help="0 = off; default 0.7 for zero-terminal-SNR models, else 0"
+    )
     evaluate.add_argument("--negative", default="")
     evaluate.add_argument("--motion-strength", type=float, default=1.0)
     evaluate.add_argument("--dtype", default="fp32")

@@ -21,6 +21,10 @@ def cfg(noise_uncond: torch.Tensor, noise_cond: torch.Tensor, scale: float | tor
     return noise_uncond + scale * (noise_cond - noise_uncond)
 
 
+ZERO_SNR_GUIDANCE_RESCALE = 0.7
+"""The guidance rescale a zero-terminal-SNR model samples with unless told otherwise (Lin et al. 2024 use 0.7)."""
+
+
 def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, rescale: float) -> torch.Tensor:
     """Guidance rescale (Lin et al. 2024, "Common Diffusion Noise Schedules...", §3.4, eq. 15-17; A1111's CFG rescale,
     diffusers' `guidance_rescale`): scale the guided output back to the standard deviation of the conditional one,
