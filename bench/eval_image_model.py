@@ -25,7 +25,7 @@ import numpy as np
 
 from zoetrope.media import frames_to_uint8
 from zoetrope.pipelines.load import load_pipeline
-from zoetrope.pipelines.text_to_video import generate
+from zoetrope.pipelines.text_to_video import default_guidance_rescale, generate
 from zoetrope.world.bundled import bundled_paths
 from zoetrope.world.metrics import classify_background, classify_colour, classify_shape, track_object
 from zoetrope.world.render import BACKGROUNDS, COLOURS, MOTION_PHRASES, SHAPES
@@ -78,6 +78,7 @@ def evaluate(
     (colours drift, backgrounds wash out), which reads as lost fidelity; sweep it; `rescale` None takes the
     pipeline's default (0.7 for such a model)."""
     pipeline = load_pipeline(model, bundled_paths()[1])
+    rescale = default_guidance_rescale(pipeline) if rescale is None else rescale
     grid = prompt_grid(prompts)
     texts = [f"a {colour} {shape} on a {background} background" for colour, shape, background in grid]
     images = stills(pipeline, texts, seeds, steps, guidance, rescale)

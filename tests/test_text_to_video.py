@@ -10,7 +10,7 @@ import torch
 from conftest import make_tiny_pipeline
 from zoetrope.errors import ConfigError, FrameCountError, InputError
 from zoetrope.pipelines.components import Parameterization
-from zoetrope.pipelines.text_to_video import generate, resolve_seeds
+from zoetrope.pipelines.text_to_video import default_guidance_rescale, generate, resolve_seeds
 
 SMALL = dict(num_frames=4, width=32, height=32, steps=3, progress=False)
 
@@ -68,6 +68,7 @@ def test_a_zero_snr_model_samples_with_guidance_rescale_unless_told_otherwise(pi
     assert not torch.allclose(default.latents, off.latents, atol=1e-4)
     assert default.metadata(0)["guidance_rescale"] == 0.7 and "guidance_rescale" not in off.metadata(0)
     assert "guidance_rescale" not in generate(pipeline, "a red circle", seed=1, **SMALL).metadata(0)  # epsilon: off
+    assert (default_guidance_rescale(zero_snr), default_guidance_rescale(pipeline)) == (0.7, 0.0)
 
 
 def test_callback_sees_every_step(pipeline) -> None:

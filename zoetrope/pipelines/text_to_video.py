@@ -308,6 +308,11 @@ def _motion_windows(num_frames: int, context: ContextConfig) -> Callable[[int], 
     return at
 
 
+def default_guidance_rescale(pipeline: VideoPipeline) -> float:
+    """The guidance rescale `generate` uses when none is given: 0.7 where the weights say zero terminal SNR, else 0."""
+    return ZERO_SNR_GUIDANCE_RESCALE if pipeline.scheduler_config.get("rescale_betas_zero_snr") else 0.0
+
+
 @torch.no_grad()
 def generate(
     pipeline: VideoPipeline,
@@ -363,7 +368,7 @@ def generate(
         raise InputError("prompt: at least one prompt is needed")
     travel = travel or TravelSettings()
     if guidance_rescale is None:
-        guidance_rescale = ZERO_SNR_GUIDANCE_RESCALE if pipeline.scheduler_config.get("rescale_betas_zero_snr") else 0.0
+        guidance_rescale = default_guidance_rescale(pipeline)
     if not 0.0 <= guidance_rescale <= 1.0:
         raise ConfigError(f"guidance_rescale={guidance_rescale}: expected a fraction in [0, 1] (0 = off, 0.7 as Lin et al. 2024)")
     if freeinit and freeinit.iterations > 1 and pipeline.scheduler_config.get("rescale_betas_zero_snr"):
