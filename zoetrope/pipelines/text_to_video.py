@@ -102,6 +102,12 @@ class VideoPipeline:
         return 2 ** (len(self.image_model.vae.config.block_out_channels) - 1)
 
     @property
+    def zero_terminal_snr(self) -> bool:
+        """Whether the schedule ends at zero SNR (Lin et al. 2024): it changes the default guidance rescale, rules out
+        FreeInit and is recorded with every output."""
+        return bool(self.scheduler_config.get("rescale_betas_zero_snr"))
+
+    @property
     def default_size(self) -> int:
         """The frame side (pixels) the image model was trained at: UNet sample size x VAE downscale (512 for SD1.5)."""
         return int(self.video_unet.config.sample_size) * self.vae_scale
@@ -310,7 +316,7 @@ def _motion_windows(num_frames: int, context: ContextConfig) -> Callable[[int], 
 
 def default_guidance_rescale(pipeline: VideoPipeline) -> float:
     """The guidance rescale `generate` uses when none is given: 0.7 where the weights say zero terminal SNR, else 0."""
-    return ZERO_SNR_GUIDANCE_RESCALE if pipeline.scheduler_config.get("rescale_betas_zero_snr") else 0.0
+    return ZERO_SNR_GUIDANCE_RESCALE if pipeline.zero_terminal_snr else 0.0
 
 
 @torch.no_grad()
@@ -371,7 +377,7 @@ def generate(
         guidance_rescale = default_guidance_rescale(pipeline)
     if not 0.0 <= guidance_rescale <= 1.0:
         raise ConfigError(f"guidance_rescale={guidance_rescale}: expected a fraction in [0, 1] (0 = off, 0.7 as Lin et al. 2024)")
-    if freeinit and freeinit.iterations > 1 and pipeline.scheduler_config.get("rescale_betas_zero_snr"):
+    if freeinit and freeinit.iterations > 1 and pipeline.zero_terminal_snr:
         raise ConfigError(
             "FreeInit re-noises each result to t = T and keeps its low frequencies, but with zero terminal SNR nothing "
             "of the result survives at t = T (alpha_bar_T = 0), so the iterations would only redraw the high "
@@ -408,7 +414,7 @@ def generate(
                 "keyframe_replace": control.replace if control is not None and control.replace else None,
                 "sources": pipeline.sources or None,
                 "prediction_type": pipeline.scheduler_config.get("prediction_type", "epsilon"),
-                "zero_terminal_snr": True if pipeline.scheduler_config.get("rescale_betas_zero_snr") else None,
+                "zero_terminal_snr": True if pipeline.zero_terminal_snr else None,
                 "keyframes": [int(i) for i in control.mask[0, 0, :, 0, 0].nonzero().flatten()] if control is not None else None,
             }.items() if value is not None
         },
