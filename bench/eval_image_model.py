@@ -70,14 +70,15 @@ def object_placement(pictures: np.ndarray) -> dict[str, float]:
 
 
 def evaluate(
-    model: str, prompts: int = 24, seeds: int = 4, steps: int = 20, guidance: float = 7.5, rescale: float | None = None
+    model: str, prompts: int = 24, seeds: int = 4, steps: int = 20, guidance: float = 7.5, rescale: float | None = None,
+    vae: str | None = None,
 ) -> dict:
     """Colour/shape/background accuracy of stills, and the direction response (mean |left - right| in levels).
 
     `guidance` matters more than it looks: a zero-terminal-SNR v-prediction model over-saturates at SD's usual 7.5
     (colours drift, backgrounds wash out), which reads as lost fidelity; sweep it; `rescale` None takes the
     pipeline's default (0.7 for such a model)."""
-    pipeline = load_pipeline(model, bundled_paths()[1])
+    pipeline = load_pipeline(model, bundled_paths()[1], vae=vae)
     rescale = default_guidance_rescale(pipeline) if rescale is None else rescale
     grid = prompt_grid(prompts)
     texts = [f"a {colour} {shape} on a {background} background" for colour, shape, background in grid]
@@ -105,6 +106,7 @@ def evaluate(
     seed_change = float(np.abs(images[:8, :1] - images[:8, 1:2]).mean()) if seeds > 1 else None
     return {
         "model": model,
+        "vae": vae,
         "guidance": guidance,
         "guidance_rescale": rescale,
         "stills": total,
@@ -125,9 +127,10 @@ def main() -> None:
     parser.add_argument(
         "--guidance-rescale", type=float, default=None, help="0 = off; default 0.7 for zero-terminal-SNR models, else 0"
     )
+    parser.add_argument("--vae", default=None, help="decode with this `vae` stage export instead of the model's VAE")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
-    results = evaluate(args.model, args.prompts, args.seeds, args.steps, args.guidance, args.guidance_rescale)
+    results = evaluate(args.model, args.prompts, args.seeds, args.steps, args.guidance, args.guidance_rescale, args.vae)
     print(f"{results['model']}: {results['stills']} stills")
     for name in ("colour", "shape", "background"):
         print(f"  {name + ' accuracy':<30}{100 * results[f'{name}_accuracy']:6.1f} %")

@@ -2,6 +2,7 @@
 
     python bench/eval_vae.py --vae runs/world/vae/vae.safetensors        # a `vae` stage export
     python bench/eval_vae.py --model zoetrope/assets/world/base.safetensors   # the VAE inside an image model
+    python bench/eval_vae.py --vae V --style pastel   # pictures in the personalisation style (and style accuracy)
 
 Every clip the pipeline makes is decoded by the VAE, so the fidelity targets of issue 3 (colour and shape >= 90 %)
 are capped by what the metrics still read after encode -> decode of a *true* picture. This renders `--count` fresh
@@ -23,8 +24,8 @@ from einops import rearrange
 
 from zoetrope.media import frames_to_uint8, psnr
 from zoetrope.pipelines.components import decode_latents, encode_frames
-from zoetrope.world.metrics import classify_background, classify_colour, classify_shape
-from zoetrope.world.render import WorldConfig, object_track, render_clip, render_image, sample_clip_spec
+from zoetrope.world.metrics import classify_background, classify_colour, classify_shape, classify_style
+from zoetrope.world.render import STYLES, WorldConfig, object_track, render_clip, render_image, sample_clip_spec
 
 
 def load_vae(vae_file: str | None, model_file: str | None) -> torch.nn.Module:
@@ -38,10 +39,13 @@ def load_vae(vae_file: str | None, model_file: str | None) -> torch.nn.Module:
     return load_image_model(model_file).vae.float().eval()
 
 
-def pictures(count: int, config: WorldConfig, video_domain: bool, seed: int) -> tuple[np.ndarray, list]:
-    """`count` true pictures (n, h, w, 3) uint8 and their specs (every motion, colour, shape, background)."""
+def pictures(
+    count: int, config: WorldConfig, video_domain: bool, seed: int, style: str | None = None
+) -> tuple[np.ndarray, list]:
+    """`count` true pictures (n, h, w, 3) uint8 and their specs (every motion, colour, shape, background; drawn in
+    a personalisation `style` if given)."""
     rng = np.random.default_rng(seed)
-    specs = [sample_clip_spec(rng, config) for _ in range(count)]
+    specs = [sample_clip_spec(rng, config, style=style) for _ in range(count)]
     images = [render_clip(spec, config)[0] if video_domain else render_image(spec, config) for spec in specs]
     return np.stack(images), specs
 
@@ -62,16 +66,21 @@ def object_box(spec, config: WorldConfig) -> tuple[slice, slice]:
     return slice(max(0, int(y - r)), min(size, int(np.ceil(y + r)) + 1)), slice(max(0, int(x - r)), min(size, int(np.ceil(x + r)) + 1))
 
 
-def evaluate(vae: torch.nn.Module, count: int, config: WorldConfig, video_domain: bool, seed: int = 0) -> dict:
-    images, specs = pictures(count, config, video_domain, seed)
+def evaluate(
+    vae: torch.nn.Module, count: int, config: WorldConfig, video_domain: bool, seed: int = 0, style: str | None = None
+) -> dict:
+    """Accuracies of the originals and the round trips (plus the style's, for styled pictures) and PSNRs."""
+    images, specs = pictures(count, config, video_domain, seed, style)
     rebuilt = round_trip(vae, images)
-    results: dict = {"count": count, "video_domain": video_domain, "trail_alpha": config.trail_alpha}
+    results: dict = {"count": count, "video_domain": video_domain, "trail_alpha": config.trail_alpha, "style": style}
     for name, source in (("original", images.astype(np.float64)), ("round_trip", rebuilt)):
-        hits = {"colour": 0, "shape": 0, "background": 0}
+        hits = {"colour": 0, "shape": 0, "background": 0, **({"style": 0} if style else {})}
         for spec, picture in zip(specs, source, strict=True):
             hits["colour"] += classify_colour(picture[None], config) == spec.colour
             hits["shape"] += classify_shape(picture[None], config) == spec.shape
             hits["background"] += classify_background(picture[None], config) == spec.background
+            if style:
+                hits["style"] += classify_style(picture[None], config) == style
         results[name] = {key: value / count for key, value in hits.items()}
     results["psnr"] = float(np.mean([psnr(a, b) for a, b in zip(images, rebuilt, strict=True)]))
     boxes = [object_box(spec, config) for spec in specs]
@@ -87,14 +96,15 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=300)
     parser.add_argument("--trail-alpha", type=float, default=0.0)
     parser.add_argument("--video-domain", action="store_true", help="first frames of watermarked, JPEG'd clips")
+    parser.add_argument("--style", choices=tuple(STYLES), default=None, help="draw the pictures in a personalisation style")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     config = WorldConfig(trail_alpha=args.trail_alpha)
-    results = evaluate(load_vae(args.vae, args.model), args.count, config, args.video_domain)
+    results = evaluate(load_vae(args.vae, args.model), args.count, config, args.video_domain, style=args.style)
     results["vae"] = args.vae or args.model
     print(f"{results['vae']}: {args.count} {'video-domain' if args.video_domain else 'image-domain'} pictures")
     print(f"  PSNR {results['psnr']:.1f} dB (object box {results['object_psnr']:.1f} dB)")
-    for name in ("colour", "shape", "background"):
+    for name in ("colour", "shape", "background") + (("style",) if args.style else ()):
         print(f"  {name + ' accuracy':<22}original {100 * results['original'][name]:5.1f} %   round trip {100 * results['round_trip'][name]:5.1f} %")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")

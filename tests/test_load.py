@@ -7,7 +7,7 @@ import torch
 
 from conftest import make_tiny_image_model, make_tiny_motion_modules
 from zoetrope.adapters.lora import inject_lora
-from zoetrope.errors import CheckpointError, ConfigError
+from zoetrope.errors import CheckpointError, ConfigError, InputError
 from zoetrope.formats.lora_files import save_domain_adapter, save_motion_lora
 from zoetrope.formats.motion import save_motion_module
 from zoetrope.formats.sd_single_file import save_sd_single_file
@@ -90,3 +90,28 @@ def test_parameterization_overrides_reach_the_sampler(files) -> None:
     assert torch.isfinite(second).all() and (first - second).abs().max().item() > 1e-3
     with pytest.raises(ConfigError, match="needs prediction_type v_prediction"):
         load_pipeline(files["model"], files["motion"], prediction_type="epsilon", zero_terminal_snr=True)
+
+
+def test_replacement_vae_changes_only_the_decoding_and_a_foreign_latent_space_is_refused(files, tmp_path) -> None:
+    """`--vae`: the same latents decode through the new decoder; a VAE with other latents would silently draw garbage."""
+    from conftest import make_tiny_vae
+    from zoetrope.training.checkpoint import save_vae_file
+
+    own = load_pipeline(files["model"], files["motion"])
+    tuned = make_tiny_vae()
+    tuned.load_state_dict(own.image_model.vae.state_dict())
+    _randomise(tuned.decoder, 3)
+    path = save_vae_file(tuned, tmp_path / "decoder.safetensors")
+    swapped = load_pipeline(files["model"], files["motion"], vae=path)
+    assert swapped.sources["vae"] == str(path)
+    first, second = (generate(pipe, "a red circle", **{**SMALL, "decode": True}) for pipe in (own, swapped))
+    assert torch.equal(first.latents, second.latents)  # the UNet and its latents are untouched
+    assert (first.frames - second.frames).abs().max().item() > 1e-3  # the decoder is the new one
+
+    tuned.register_to_config(scaling_factor=0.5)
+    with pytest.raises(InputError, match="scaling_factor is 0.5"):
+        load_pipeline(files["model"], files["motion"], vae=save_vae_file(tuned, tmp_path / "scaled.safetensors"))
+    with pytest.raises(InputError, match="no such file"):
+        load_pipeline(files["model"], files["motion"], vae=tmp_path / "missing.safetensors")
+    with pytest.raises(InputError, match="not a VAE written by the `vae` training stage"):
+        load_pipeline(files["model"], files["motion"], vae=files["adapter"])

@@ -326,6 +326,30 @@ def test_from_scratch_vae_then_image_model_round_trip(tmp_path) -> None:
         assert all(torch.equal(value, reference[key]) for key, value in getattr(model, part).state_dict().items()), part
 
 
+def test_decoder_only_vae_fine_tune_keeps_the_latent_space(tmp_path) -> None:
+    """`vae_train: decoder` (sd-vae-ft-mse style): the encoder, hence every latent a model was trained on, is
+    bit-identical after training; the decoder learns; rescaling the latents is refused."""
+    from zoetrope.training.checkpoint import load_vae_file
+
+    vae_arguments = dict(
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+        block_out_channels=[8, 16], layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=SIZE,
+    )
+    values = {"stage": "vae", "output_dir": str(tmp_path / "vae"), "steps": 3, "batch_size": 2, "lr": 1e-2,
+              "checkpoint_every": 0, "vae_train": "decoder", "model": {"architecture": {"vae": vae_arguments}}}
+    trainer = Trainer(load_train_config(values), dataset=TensorClips(image=True))
+    assert trainer.trainable and all(
+        name.split(".")[1] in ("decoder", "post_quant_conv") for name in trainer.trainable
+    ), trainer.trainable
+    before = {name: value.clone() for name, value in trainer.model.image_model.vae.state_dict().items()}
+    exported = load_vae_file(trainer.fit()).state_dict()
+    frozen = [name for name in before if name.startswith(("encoder.", "quant_conv."))]
+    assert frozen and all(torch.equal(exported[name], before[name]) for name in frozen)
+    assert any(not torch.equal(exported[name], before[name]) for name in before if name.startswith("decoder."))
+    with pytest.raises(ConfigError, match="calibrate_scaling_factor would rescale it"):
+        load_train_config({**values, "calibrate_scaling_factor": True})
+
+
 def test_vae_initial_logvar_starts_a_near_deterministic_posterior(tmp_path) -> None:
     vae_arguments = dict(
         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,

@@ -73,6 +73,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]", help="image LoRA (kohya or diffusers); repeatable")
     parser.add_argument("--adapter", default=None, metavar="PATH[:SCALE]", help="AnimateDiff domain adapter with its scale")
     parser.add_argument(
+        "--vae", default=None, metavar="PATH",
+        help="replace the model's VAE with a `vae` stage export sharing its latents (e.g. a decoder fine-tune)",
+    )
+    parser.add_argument(
         "--prediction-type", choices=("epsilon", "v_prediction"), default=None,
         help="what the image model predicts (default: what its file says, else epsilon as SD1.5)",
     )
@@ -184,7 +188,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(
         args.model, args.motion_module, motion_loras=args.motion_lora, loras=args.lora, adapter=args.adapter,
         dtype=_dtype(args.dtype), device=_device(args.device), prediction_type=args.prediction_type,
-        zero_terminal_snr=args.zero_snr,
+        zero_terminal_snr=args.zero_snr, vae=args.vae,
     )
     settings = generation_settings(args)
     output = Path(args.output or f"outputs/{_slug(args.prompt or next(iter(settings['prompt'].values())))}.gif")
@@ -444,7 +448,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(
         args.model, args.motion_module, motion_loras=args.motion_lora, loras=args.lora, adapter=args.adapter,
         dtype=_dtype(args.dtype), device=_device(args.device), prediction_type=args.prediction_type,
-        zero_terminal_snr=args.zero_snr,
+        zero_terminal_snr=args.zero_snr, vae=args.vae,
     )
     clips, used_prompts, seeds = [], [], []
     for seed in range(args.seed, args.seed + args.seeds):

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from zoetrope.errors import InputError
+from zoetrope.errors import CheckpointError, InputError
 from zoetrope.formats.detect import expect_kind, inspect_file
 from zoetrope.formats.motion import load_motion_module
 from zoetrope.models.motion_module import MotionModules
@@ -52,6 +52,34 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def replacement_vae(path: str | os.PathLike, current: torch.nn.Module) -> torch.nn.Module:
+    """The VAE in `path` (a `vae` stage export), checked to speak the same latents as `current` (the model's own).
+
+    A VAE with other latent channels, another downscale or another scaling factor would decode the UNet's latents
+    into garbage without any error, so each is compared and named."""
+    from zoetrope.training.checkpoint import load_vae_file
+
+    if not Path(path).is_file():
+        raise InputError(f"--vae {path}: no such file; pass the vae.safetensors a `vae` training stage wrote")
+    try:
+        replacement = load_vae_file(path)
+    except CheckpointError as error:
+        raise InputError(f"--vae {path}: {error}") from error
+    new, old = replacement.config, current.config
+    checks = (
+        ("latent channels", new.latent_channels, old.latent_channels),
+        ("downscale (2 ** (VAE blocks - 1))", 2 ** (len(new.block_out_channels) - 1), 2 ** (len(old.block_out_channels) - 1)),
+        ("scaling_factor", round(float(new.scaling_factor), 6), round(float(old.scaling_factor), 6)),
+    )
+    for name, theirs, ours in checks:
+        if theirs != ours:
+            raise InputError(
+                f"--vae {path}: its {name} is {theirs}, the image model's VAE has {ours}; it does not share the "
+                "model's latent space. Use a VAE fine-tuned from this model's (vae_train: decoder keeps it)"
+            )
+    return replacement
+
+
 def load_pipeline(
     model: str | os.PathLike | None = None,
     motion_module: str | os.PathLike | None = None,
@@ -64,8 +92,13 @@ def load_pipeline(
     motion_norm_mode: str | None = None,
     prediction_type: str | None = None,
     zero_terminal_snr: bool | None = None,
+    vae: str | os.PathLike | None = None,
 ) -> VideoPipeline:
     """Load an image model plus a motion module (and optional LoRAs) into a ready VideoPipeline.
+
+    `vae` replaces the image model's VAE with a `vae` stage export (e.g. a decoder fine-tune, `vae_train: decoder`),
+    as A1111/ComfyUI users swap in sd-vae-ft-mse; it must share the model's latent space (checked: channels,
+    downscale and scaling factor).
 
     With `model` and `motion_module` both None the bundled shapes-world model is used (offline, CPU-sized).
     `prediction_type` / `zero_terminal_snr` override what the image model's file says it predicts (for v-prediction
@@ -92,6 +125,10 @@ def load_pipeline(
     zero = known.zero_terminal_snr if zero_terminal_snr is None else zero_terminal_snr
     kind = prediction_type or ("v_prediction" if zero_terminal_snr else known.prediction_type)
     image_model.parameterization = Parameterization(kind, zero)
+    if vae is not None:
+        image_model.vae = replacement_vae(vae, image_model.vae)
+        if dtype != torch.float32:
+            image_model.vae.to(dtype=dtype)
     # 2. Image LoRAs (kohya / diffusers-peft), merged into the UNet and text encoder.
     for item in map(WeightedFile.parse, loras):
         expect_kind(inspect_file(item.path), "image_lora")
@@ -118,6 +155,7 @@ def load_pipeline(
             "model": str(model), "motion_module": str(motion_module),
             "loras": [f"{item.path}:{item.strength}" for item in map(WeightedFile.parse, loras)],
             "adapter": str(adapter) if adapter is not None else None,
+            "vae": str(vae) if vae is not None else None,
             "motion_loras": [f"{item.path}:{item.strength}" for item in map(WeightedFile.parse, motion_loras)],
         },
     )

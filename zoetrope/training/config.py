@@ -146,6 +146,14 @@ class TrainConfig:
     both axes), which they made against the blur of MSE-trained video predictors: it rewards edges in the right
     place, where a small object's shape lives, and is blind to flat regions.
 
+    `vae_train` (`vae` stage): `all` trains the whole autoencoder; `decoder` freezes the encoder (and its
+    `quant_conv`) and fine-tunes only the decoder, the way Stability's sd-vae-ft-mse was made: the latents every
+    image model, motion module and LoRA were trained on stay exactly what they were, so the fine-tuned VAE drops in
+    (`--vae`) without retraining anything, while the decoder learns to draw what the encoder already tells apart but
+    the old decoder never saw (on the shapes world: the pastel style's pale colours, which the base VAE decodes as
+    saturated neighbours; docs/world-training.md, thirteenth session). It rules out `calibrate_scaling_factor`,
+    which would rescale that latent space.
+
     `snr_gamma`: Min-SNR-gamma loss weighting (Hang et al. 2023, arXiv 2303.09556; diffusers' `--snr_gamma`, 5 is
     the paper's value): each sample's epsilon loss is weighted by min(SNR(t), gamma) / SNR(t), so the nearly clean
     timesteps, whose gradients fight the coarse-structure timesteps, stop dominating. Unset = plain MSE (SD).
@@ -203,6 +211,7 @@ class TrainConfig:
     latent_sample: bool = True
     cache_latents: bool = False
     calibrate_scaling_factor: bool = False
+    vae_train: Literal["all", "decoder"] = "all"
     snr_gamma: Optional[float] = None
     timestep_sampling: Literal["uniform", "logit_normal"] = "uniform"
     timestep_mean: float = 0.0
@@ -239,6 +248,11 @@ class TrainConfig:
             raise ConfigError(f"caption_dropout={self.caption_dropout}; expected a probability in [0, 1]")
         if self.snr_gamma is not None and not self.snr_gamma > 0:
             raise ConfigError(f"snr_gamma={self.snr_gamma}; expected a positive number (5 is usual) or no value (off)")
+        if self.vae_train == "decoder" and self.calibrate_scaling_factor:
+            raise ConfigError(
+                "vae_train: decoder keeps the latent space the image model was trained on; calibrate_scaling_factor "
+                "would rescale it. Remove calibrate_scaling_factor (or train the whole VAE: vae_train: all)"
+            )
         if self.loss_weighting == "v" and self.snr_gamma is not None:
             raise ConfigError("loss_weighting: v and snr_gamma weight the loss in opposite directions; keep one of them")
         if self.prediction_type == "epsilon" and self.zero_terminal_snr:

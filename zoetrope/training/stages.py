@@ -217,8 +217,15 @@ def _lora(config: TrainConfig, model: nn.Module, default_target: str, generator:
 
 
 def _train_vae(model: StageModel, config: TrainConfig, generator: torch.Generator) -> None:
+    """The whole autoencoder, or (`vae_train: decoder`) only the decoder side, so the latent space stays put."""
     model.freeze()
-    model.image_model.vae.requires_grad_(True)
+    vae = model.image_model.vae
+    if config.vae_train == "decoder":
+        vae.decoder.requires_grad_(True)
+        if getattr(vae, "post_quant_conv", None) is not None:
+            vae.post_quant_conv.requires_grad_(True)
+    else:
+        vae.requires_grad_(True)
 
 
 def _train_image(model: StageModel, config: TrainConfig, generator: torch.Generator) -> None:
