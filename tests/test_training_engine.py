@@ -348,6 +348,8 @@ def test_decoder_only_vae_fine_tune_keeps_the_latent_space(tmp_path) -> None:
     assert any(not torch.equal(exported[name], before[name]) for name in before if name.startswith("decoder."))
     with pytest.raises(ConfigError, match="calibrate_scaling_factor would rescale it"):
         load_train_config({**values, "calibrate_scaling_factor": True})
+    with pytest.raises(ConfigError, match="only applies to the `vae` stage"):
+        load_train_config({**values, "stage": "image"})
 
 
 def test_vae_initial_logvar_starts_a_near_deterministic_posterior(tmp_path) -> None:
