@@ -31,7 +31,7 @@ from zoetrope.world.render import STYLES, WorldConfig, object_track, render_clip
 def load_vae(vae_file: str | None, model_file: str | None) -> torch.nn.Module:
     """The VAE of a `vae` stage export, or of a single-file image model."""
     if vae_file:
-        from zoetrope.training.checkpoint import load_vae_file
+        from zoetrope.formats.vae_file import load_vae_file
 
         return load_vae_file(vae_file).float()
     from zoetrope.pipelines.load import load_image_model

@@ -95,7 +95,7 @@ def test_parameterization_overrides_reach_the_sampler(files) -> None:
 def test_replacement_vae_changes_only_the_decoding_and_a_foreign_latent_space_is_refused(files, tmp_path) -> None:
     """`--vae`: the same latents decode through the new decoder; a VAE with other latents would silently draw garbage."""
     from conftest import make_tiny_vae
-    from zoetrope.training.checkpoint import save_vae_file
+    from zoetrope.formats.vae_file import save_vae_file
 
     own = load_pipeline(files["model"], files["motion"])
     tuned = make_tiny_vae()

@@ -289,7 +289,7 @@ def test_resume_with_another_config_is_refused(training_files, tmp_path) -> None
 
 def test_from_scratch_vae_then_image_model_round_trip(tmp_path) -> None:
     from zoetrope.pipelines.components import load_image_model
-    from zoetrope.training.checkpoint import load_vae_file
+    from zoetrope.formats.vae_file import load_vae_file
 
     vae_arguments = dict(
         down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
@@ -329,7 +329,7 @@ def test_from_scratch_vae_then_image_model_round_trip(tmp_path) -> None:
 def test_decoder_only_vae_fine_tune_keeps_the_latent_space(tmp_path) -> None:
     """`vae_train: decoder` (sd-vae-ft-mse style): the encoder, hence every latent a model was trained on, is
     bit-identical after training; the decoder learns; rescaling the latents is refused."""
-    from zoetrope.training.checkpoint import load_vae_file
+    from zoetrope.formats.vae_file import load_vae_file
 
     vae_arguments = dict(
         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
@@ -379,7 +379,7 @@ def test_calibrated_scaling_factor_gives_unit_variance_latents(tmp_path) -> None
                                 "calibrate_scaling_factor": True, "checkpoint_every": 0,
                                 "model": {"architecture": {"vae": vae_arguments}}})
     dataset = TensorClips(image=True)
-    from zoetrope.training.checkpoint import load_vae_file
+    from zoetrope.formats.vae_file import load_vae_file
 
     exported = load_vae_file(Trainer(config, dataset=dataset).fit())
     pixels = torch.stack([dataset[index]["pixel_values"] for index in range(len(dataset))])

@@ -57,7 +57,7 @@ def replacement_vae(path: str | os.PathLike, current: torch.nn.Module) -> torch.
 
     A VAE with other latent channels, another downscale or another scaling factor would decode the UNet's latents
     into garbage without any error, so each is compared and named."""
-    from zoetrope.training.checkpoint import load_vae_file
+    from zoetrope.formats.vae_file import load_vae_file
 
     if not Path(path).is_file():
         raise InputError(f"--vae {path}: no such file; pass the vae.safetensors a `vae` training stage wrote")

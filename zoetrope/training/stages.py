@@ -335,7 +335,7 @@ def _metadata(model: StageModel, metadata: Mapping[str, object]) -> dict[str, ob
 
 
 def _export_vae(model: StageModel, path: Path, metadata: Mapping[str, object]) -> Path:
-    from zoetrope.training.checkpoint import save_vae_file
+    from zoetrope.formats.vae_file import save_vae_file
 
     return save_vae_file(model.image_model.vae, path, _metadata(model, metadata))
 
@@ -456,7 +456,7 @@ def _set_initial_logvar(vae: nn.Module, logvar: float) -> None:
 def build_image_model(config: TrainConfig, stage: Stage) -> ImageModel:
     """The image model: loaded from `model.image_model`, parts replaced or built by `model.architecture`/`model.vae`."""
     from zoetrope.pipelines.components import bundled_tokenizer, load_image_model
-    from zoetrope.training.checkpoint import load_vae_file
+    from zoetrope.formats.vae_file import load_vae_file
 
     settings = config.model
     if settings.image_model:
