@@ -20,12 +20,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
+from zoetrope.errors import CheckpointError
+from zoetrope.formats.motion import save_motion_module
 from zoetrope.media import frames_to_uint8
+from zoetrope.models.motion_module import MotionModules
+from zoetrope.pipelines.components import load_image_model
 from zoetrope.pipelines.load import load_pipeline
 from zoetrope.pipelines.text_to_video import default_guidance_rescale, generate
+from zoetrope.training.stages import motion_config_for
 from zoetrope.world.bundled import bundled_paths
 from zoetrope.world.metrics import classify_background, classify_colour, classify_shape, track_object
 from zoetrope.world.render import BACKGROUNDS, COLOURS, MOTION_PHRASES, SHAPES
@@ -69,6 +76,22 @@ def object_placement(pictures: np.ndarray) -> dict[str, float]:
     }
 
 
+def stills_pipeline(model: str, vae: str | None = None):
+    """The image model in a video pipeline for stills (motion is switched off with `motion_strength=0`).
+
+    The pipeline still needs a motion module whose widths fit the UNet: the bundled one where it does (as every
+    earlier measurement), else an untrained one built for this UNet (a UNet of other widths, e.g. a wider lineage);
+    with motion off either gives the same stills."""
+    try:
+        return load_pipeline(model, bundled_paths()[1], vae=vae)
+    except CheckpointError:
+        pass
+    unet = load_image_model(model).unet
+    with tempfile.TemporaryDirectory() as folder:
+        path = save_motion_module(MotionModules(motion_config_for(unet, "v3", {})), Path(folder) / "fresh.safetensors")
+        return load_pipeline(model, path, vae=vae)
+
+
 def evaluate(
     model: str, prompts: int = 24, seeds: int = 4, steps: int = 20, guidance: float = 7.5, rescale: float | None = None,
     vae: str | None = None,
@@ -78,7 +101,7 @@ def evaluate(
     `guidance` matters more than it looks: a zero-terminal-SNR v-prediction model over-saturates at SD's usual 7.5
     (colours drift, backgrounds wash out), which reads as lost fidelity; sweep it; `rescale` None takes the
     pipeline's default (0.7 for such a model)."""
-    pipeline = load_pipeline(model, bundled_paths()[1], vae=vae)
+    pipeline = stills_pipeline(model, vae)
     rescale = default_guidance_rescale(pipeline) if rescale is None else rescale
     grid = prompt_grid(prompts)
     texts = [f"a {colour} {shape} on a {background} background" for colour, shape, background in grid]

@@ -25,8 +25,8 @@ import torch
 from zoetrope.media import frames_to_uint8
 from zoetrope.pipelines.load import load_pipeline
 from zoetrope.pipelines.text_to_video import FreeInitSettings, generate
-from zoetrope.sampling.context import ContextConfig, context_windows
-from zoetrope.world.metrics import PROMPT_SUITE, classify_motion, temporal_consistency
+from zoetrope.sampling.context import SCHEDULES, ContextConfig, context_windows
+from zoetrope.world.metrics import PROMPT_SUITE, classify_motion, measure_motion, temporal_consistency
 
 
 def to_clips(frames: torch.Tensor) -> list[np.ndarray]:
@@ -58,6 +58,15 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=64)
     parser.add_argument("--window", type=int, default=16)
     parser.add_argument("--overlap", type=int, default=4)
+    parser.add_argument(
+        "--stride", type=int, default=1,
+        help="largest window dilation of the long clip (ContextConfig.stride; 4 adds windows that span the clip)",
+    )
+    parser.add_argument("--schedule", choices=SCHEDULES, default="uniform", help="window schedule of the long clip")
+    parser.add_argument(
+        "--context-mode", choices=("unet", "motion"), default="unet",
+        help="windows around the whole UNet or inside the motion modules only (FreeNoise views)",
+    )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--prompt", default="a red circle moving right on a grey background")
     parser.add_argument("--suite-limit", type=int, default=8, help="prompts of the suite used for FreeInit")
@@ -85,19 +94,27 @@ def main() -> None:
 
 
 def long_motion(pipe, args: argparse.Namespace, seeds: list[int], results: dict) -> None:
-    """1. Long clip, uniform windows: motion direction over its whole length."""
-    uniform = ContextConfig(length=args.window, overlap=args.overlap)
-    segments, whole, labels = [], [], []
+    """1. Long clip in windows (`--stride`, `--schedule`, `--context-mode`): motion direction over its whole length."""
+    config = ContextConfig(length=args.window, overlap=args.overlap, stride=args.stride, schedule=args.schedule)
+    segments, whole, labels, travel = [], [], [], []
     for seed in seeds:
-        clip = to_clips(generate(pipe, args.prompt, num_frames=args.frames, steps=args.steps, seed=seed, context=uniform, progress=False).frames)[0]
+        video = generate(
+            pipe, args.prompt, num_frames=args.frames, steps=args.steps, seed=seed, context=config,
+            context_mode=args.context_mode, progress=False,
+        )
+        clip = to_clips(video.frames)[0]
         whole.append(classify_motion(clip) == "right")
-        read = [classify_motion(clip[start : start + args.window]) for start in range(0, args.frames - args.window + 1, args.window)]
+        starts = range(0, args.frames - args.window + 1, args.window)
+        read = [classify_motion(clip[start : start + args.window]) for start in starts]
         segments.extend(label == "right" for label in read)
         labels.append(read)
+        travel.append([round(measure_motion(clip[start : start + args.window]).dx, 2) for start in starts])
     results["long_motion_accuracy_segments"] = float(np.mean(segments))
     results["long_motion_accuracy_whole"] = float(np.mean(whole))
     results["long_segment_motions"] = labels  # what each 16-frame segment reads, per seed: where the motion stops
-    print(f"{args.frames}-frame '{args.prompt}' in {args.window}-frame windows: 'right' in "
+    results["long_segment_travel_px"] = travel  # horizontal travel of each segment (the threshold: 0.12 x the size)
+    print(f"{args.frames}-frame '{args.prompt}' in {args.window}-frame windows ({args.schedule}, dilation <= "
+          f"{args.stride}, {args.context_mode}): 'right' in "
           f"{results['long_motion_accuracy_segments']:.0%} of {args.window}-frame segments, "
           f"{results['long_motion_accuracy_whole']:.0%} of whole clips")
 

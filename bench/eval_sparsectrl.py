@@ -45,7 +45,7 @@ from zoetrope.pipelines.image_to_video import prepare_control
 from zoetrope.pipelines.load import load_pipeline
 from zoetrope.pipelines.text_to_video import generate
 from zoetrope.world.metrics import PROMPT_SUITE, track_object
-from zoetrope.world.render import WorldConfig, render_clip, spec_for_prompt
+from zoetrope.world.render import WorldConfig, parse_caption, render_clip, spec_for_prompt
 
 TASKS = {"animation": [0], "interpolation": [0, -1]}
 TARGETS = {"keyframe_psnr": (">=", 25.0), "seam_ratio": ("<=", 1.5), "centroid_error": ("<=", 3.0)}
@@ -109,7 +109,7 @@ def evaluate(pipe, encoder, clips: list[tuple[str, np.ndarray]], args, config: W
     size = config.size
     results: dict = {}
     for task, indices in TASKS.items():
-        psnrs, seams, errors, spreads, failures = [], [], [], [], 0
+        psnrs, seams, errors, spreads, failures, per_prompt = [], [], [], [], 0, []
         for prompt, truth in clips:
             frames = [index % len(truth) for index in indices]
             keyframes = [(index, to_tensor(truth[[frame]])[0]) for index, frame in zip(indices, frames)]
@@ -129,11 +129,13 @@ def evaluate(pipe, encoder, clips: list[tuple[str, np.ndarray]], args, config: W
                     failures += measured is None
                     errors.append(None if measured is None else measured[0])
                     spreads.append(None if measured is None else measured[1])
+                    per_prompt.append({"prompt": prompt, "seed": seed, "centroid_error": errors[-1], "spread": spreads[-1]})
         results[task] = {"keyframe_psnr": mean(psnrs), "seam_ratio": mean(seams)}
         if task == "interpolation":
             results[task]["centroid_error"] = mean(errors)
             results[task]["middle_spread_ratio"] = mean(spreads)
             results[task]["centroid_untracked"] = failures
+            results[task]["per_prompt"] = per_prompt
     return results
 
 
@@ -172,6 +174,11 @@ def main() -> None:
     parser.add_argument("--control-model", required=True, help="the trained RGB SparseCtrl encoder")
     parser.add_argument("--ablation-model", default=None, help="the no-temporal RGB encoder (side-by-side comparison)")
     parser.add_argument("--prompts", type=int, default=6, help="how many prompts, spread evenly over the world's suite")
+    parser.add_argument(
+        "--motions", default="",
+        help="only the suite's prompts with these motions, comma-separated (left,right,up,down: the interpolations "
+             "whose straight path is not a point)",
+    )
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=8.5, help="official SparseCtrl configs use 8.5")
@@ -189,8 +196,15 @@ def main() -> None:
     pipe = load_pipeline(args.model, args.motion_module, adapter=args.adapter, device=args.device)
     config = WorldConfig(size=args.size, num_frames=args.frames)
     rng = np.random.default_rng(args.world_seed)
-    stride = max(1, len(PROMPT_SUITE) // args.prompts)  # every motion of the suite, not just its first ones
-    prompts = list(PROMPT_SUITE[::stride][: args.prompts])
+    suite = list(PROMPT_SUITE)
+    if args.motions:
+        wanted = {name.strip() for name in args.motions.split(",") if name.strip()}
+        known = {parse_caption(prompt).motion for prompt in suite}
+        if not wanted <= known:
+            parser.error(f"--motions {args.motions!r}: {sorted(wanted - known)} not in the suite; choose from {sorted(known)}")
+        suite = [prompt for prompt in suite if parse_caption(prompt).motion in wanted]
+    stride = max(1, len(suite) // args.prompts)  # every motion of the suite, not just its first ones
+    prompts = suite[::stride][: args.prompts]
     clips = [
         (prompt, render_clip(spec_for_prompt(prompt, rng, config), config, video_domain=not args.clean))
         for prompt in prompts
