@@ -170,3 +170,30 @@ def test_compare_runs_finds_a_small_paired_difference_hidden_in_noisy_curves(tmp
         compare.paired_windows({25: 1.0}, {50: 1.0}, 100)
     with pytest.raises(FileNotFoundError, match="metrics.csv"):
         compare.read_losses(tmp_path / "missing")
+
+
+def test_image_model_bench_fits_a_motion_module_to_a_unet_of_other_widths(tmp_path: Path) -> None:
+    """The stills bench needs *a* motion module that fits the UNet (a wider lineage does not fit the bundled one);
+    with motion off, which module it is must not change the stills."""
+    from conftest import make_tiny_image_model
+
+    from zoetrope.formats.sd_single_file import save_sd_single_file
+    from zoetrope.pipelines.text_to_video import generate
+
+    bench = load_bench("eval_image_model")
+    model = make_tiny_image_model()
+    path = save_sd_single_file(model.unet, model.vae, model.text_encoder, tmp_path / "narrow.safetensors")
+    pipeline = bench.stills_pipeline(str(path))
+    assert pipeline.video_unet.motion_modules.config.block_out_channels == tuple(model.unet.config.block_out_channels)
+
+    def still() -> torch.Tensor:
+        return generate(
+            pipeline, "a red circle", num_frames=2, width=32, height=32, steps=2, seed=0, motion_strength=0.0,
+            progress=False,
+        ).frames
+
+    before = still()
+    with torch.no_grad():
+        for parameter in pipeline.video_unet.motion_modules.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    assert torch.equal(still(), before)

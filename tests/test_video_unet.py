@@ -178,6 +178,9 @@ def test_layout_mismatch_is_a_clear_error() -> None:
     sdxl_like = MotionModules(tiny_motion_config(block_out_channels=(32, 64, 64), version="sdxl"))
     with pytest.raises(CheckpointError, match="SDXL-layout.*SD1.5|image model"):
         VideoUNet(make_tiny_unet(), sdxl_like)
+    wider = MotionModules(tiny_motion_config(block_out_channels=(64, 128)))  # same two levels, other widths
+    with pytest.raises(CheckpointError, match=r"widths \(64, 128\).*\(32, 64\) \(same layout, other widths\)"):
+        VideoUNet(make_tiny_unet(), wider)
 
 
 def test_sdxl_layout_unet_inflates_with_joint_motion_norm() -> None:
