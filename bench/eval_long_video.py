@@ -26,7 +26,7 @@ from zoetrope.media import frames_to_uint8
 from zoetrope.pipelines.load import load_pipeline
 from zoetrope.pipelines.text_to_video import FreeInitSettings, generate
 from zoetrope.sampling.context import SCHEDULES, ContextConfig, context_windows
-from zoetrope.world.metrics import PROMPT_SUITE, classify_motion, measure_motion, temporal_consistency
+from zoetrope.world.metrics import PROMPT_SUITE, classify_motion, measure_motion, motion_of, temporal_consistency
 
 
 def to_clips(frames: torch.Tensor) -> list[np.ndarray]:
@@ -105,10 +105,11 @@ def long_motion(pipe, args: argparse.Namespace, seeds: list[int], results: dict)
         clip = to_clips(video.frames)[0]
         whole.append(classify_motion(clip) == "right")
         starts = range(0, args.frames - args.window + 1, args.window)
-        read = [classify_motion(clip[start : start + args.window]) for start in starts]
+        measured = [measure_motion(clip[start : start + args.window]) for start in starts]
+        read = [motion_of(measurement, max(clip.shape[1:3])) for measurement in measured]
         segments.extend(label == "right" for label in read)
         labels.append(read)
-        travel.append([round(measure_motion(clip[start : start + args.window]).dx, 2) for start in starts])
+        travel.append([round(measurement.dx, 2) for measurement in measured])
     results["long_motion_accuracy_segments"] = float(np.mean(segments))
     results["long_motion_accuracy_whole"] = float(np.mean(whole))
     results["long_segment_motions"] = labels  # what each 16-frame segment reads, per seed: where the motion stops

@@ -38,14 +38,15 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from zoetrope.errors import InputError
 from zoetrope.formats.sparsectrl import load_sparse_control
 from zoetrope.media import frames_to_uint8, psnr
 from zoetrope.pipelines.components import decode_latents, encode_frames
 from zoetrope.pipelines.image_to_video import prepare_control
 from zoetrope.pipelines.load import load_pipeline
 from zoetrope.pipelines.text_to_video import generate
-from zoetrope.world.metrics import PROMPT_SUITE, track_object
-from zoetrope.world.render import WorldConfig, parse_caption, render_clip, spec_for_prompt
+from zoetrope.world.metrics import PROMPT_SUITE, prompts_with_motions, track_object
+from zoetrope.world.render import WorldConfig, render_clip, spec_for_prompt
 
 TASKS = {"animation": [0], "interpolation": [0, -1]}
 TARGETS = {"keyframe_psnr": (">=", 25.0), "seam_ratio": ("<=", 1.5), "centroid_error": ("<=", 3.0)}
@@ -198,11 +199,10 @@ def main() -> None:
     rng = np.random.default_rng(args.world_seed)
     suite = list(PROMPT_SUITE)
     if args.motions:
-        wanted = {name.strip() for name in args.motions.split(",") if name.strip()}
-        known = {parse_caption(prompt).motion for prompt in suite}
-        if not wanted <= known:
-            parser.error(f"--motions {args.motions!r}: {sorted(wanted - known)} not in the suite; choose from {sorted(known)}")
-        suite = [prompt for prompt in suite if parse_caption(prompt).motion in wanted]
+        try:
+            suite = prompts_with_motions(suite, args.motions)
+        except InputError as error:
+            parser.error(str(error))
     stride = max(1, len(suite) // args.prompts)  # every motion of the suite, not just its first ones
     prompts = suite[::stride][: args.prompts]
     clips = [

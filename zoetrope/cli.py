@@ -412,7 +412,6 @@ def _scored_prompt(prompt: str, suffix: str) -> str:
     """The prompt the metrics score a clip against: with `suffix` when the world's caption grammar reads it (a style
     trigger, ", in zxq style": then style accuracy is measured), without it otherwise (free text the metrics cannot
     check, e.g. "high quality")."""
-    from zoetrope.errors import InputError
     from zoetrope.world.render import parse_caption
 
     if not suffix:
@@ -428,22 +427,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from zoetrope.media import frames_to_uint8
     from zoetrope.pipelines.load import load_pipeline
     from zoetrope.pipelines.text_to_video import generate
-    from zoetrope.world.metrics import CAMERA_SUITE, PROMPT_SUITE, evaluate_clips, format_table, noise_agreement
-    from zoetrope.world.render import parse_caption
+    from zoetrope.world.metrics import (
+        CAMERA_SUITE, PROMPT_SUITE, evaluate_clips, format_table, noise_agreement, prompts_with_motions,
+    )
 
     suites = {"base": PROMPT_SUITE, "camera": CAMERA_SUITE}
     suite = list(suites[args.suite])
     if args.motions:
-        wanted = {name.strip() for name in args.motions.split(",") if name.strip()}
-        intents = {prompt: parse_caption(prompt) for prompt in suite}
-        asked = {prompt: {intent.motion, intent.camera} - {None} for prompt, intent in intents.items()}
-        known = sorted(set().union(*asked.values()))
-        if not wanted <= set(known):
-            raise InputError(
-                f"--motions {args.motions!r}: {sorted(wanted - set(known))} not in the {args.suite} suite; "
-                f"choose from {', '.join(known)}"
-            )
-        suite = [prompt for prompt in suite if asked[prompt] & wanted]
+        suite = prompts_with_motions(suite, args.motions, args.suite)
     prompts = [p + (f", {args.suffix}" if args.suffix else "") for p in suite][: args.limit or None]
     pipeline = load_pipeline(
         args.model, args.motion_module, motion_loras=args.motion_lora, loras=args.lora, adapter=args.adapter,

@@ -54,12 +54,12 @@ def check_compatible(image_unet: nn.Module, motion_modules: MotionModules) -> No
     """Raise a clear CheckpointError when the motion modules do not fit this image UNet's layout."""
     config = motion_modules.config
     unet_widths = tuple(image_unet.config.block_out_channels)
-    if unet_widths != config.block_out_channels and len(unet_widths) == len(config.block_out_channels):
-        raise CheckpointError(
-            f"motion module ({config.version}) has block widths {config.block_out_channels}, but the image model's UNet "
-            f"has widths {unet_widths} (same layout, other widths): use a motion module trained on this base model"
-        )
     if unet_widths != config.block_out_channels:
+        if len(unet_widths) == len(config.block_out_channels):
+            raise CheckpointError(
+                f"motion module ({config.version}) has block widths {config.block_out_channels}, but the image model's "
+                f"UNet has widths {unet_widths} (same layout, other widths): use a motion module trained on this base model"
+            )
         family = {3: "an SDXL-layout", 4: "an SD1.5-layout"}.get(len(config.block_out_channels), "a")
         unet_family = {3: "SDXL", 4: "SD1.5"}.get(len(unet_widths), "this")
         raise CheckpointError(

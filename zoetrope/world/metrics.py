@@ -124,6 +124,25 @@ CAMERA_SUITE: tuple[str, ...] = (
 """The fixed camera-motion prompts for MotionLoRAs: each camera motion twice."""
 
 
+def prompts_with_motions(prompts: Sequence[str], motions: str, suite_name: str = "base") -> list[str]:
+    """The prompts whose object or camera motion is one of `motions` (comma-separated, e.g. "left,right").
+
+    For judging a module on some motions only (`zoetrope eval --motions`, the SparseCtrl bench's interpolations);
+    a motion no prompt has is refused by name with the ones there are."""
+    wanted = {name.strip() for name in motions.split(",") if name.strip()}
+    asked = {}
+    for prompt in prompts:
+        intent = parse_caption(prompt)
+        asked[prompt] = {intent.motion, intent.camera} - {None}
+    known = sorted(set().union(*asked.values()))
+    if not wanted <= set(known):
+        raise InputError(
+            f"--motions {motions!r}: {sorted(wanted - set(known))} not in the {suite_name} suite; "
+            f"choose from {', '.join(known)}"
+        )
+    return [prompt for prompt in prompts if asked[prompt] & wanted]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # segmentation and per-frame measurements
 
@@ -378,10 +397,14 @@ def classify_motion(clip: np.ndarray, config: WorldConfig | None = None) -> str:
     otherwise the object is "still". Translation direction is the dominant axis (image y points down).
     """
     frames = _as_clip(clip)
-    measurement = measure_motion(frames, config)
+    return motion_of(measure_motion(frames, config), max(frames.shape[1], frames.shape[2]))
+
+
+def motion_of(measurement: MotionMeasurement, size: int) -> str:
+    """`classify_motion` of a clip already measured (`size`: its larger side in px), for callers that also report
+    the measurement and need not track the object twice."""
     if not measurement.found:
         return UNKNOWN
-    size = max(frames.shape[1], frames.shape[2])
     scores = {
         "move": float(np.hypot(measurement.dx, measurement.dy)) / (MOVE_THRESHOLD * size),
         "scale": abs(measurement.log_area) / SCALE_THRESHOLD,
