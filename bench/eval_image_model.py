@@ -34,7 +34,7 @@ from zoetrope.pipelines.load import load_pipeline
 from zoetrope.pipelines.text_to_video import default_guidance_rescale, generate
 from zoetrope.training.stages import motion_config_for
 from zoetrope.world.bundled import bundled_paths
-from zoetrope.world.metrics import classify_background, classify_colour, classify_shape, track_object
+from zoetrope.world.metrics import UNKNOWN, classify_background, classify_colour, classify_shape, track_object
 from zoetrope.world.render import BACKGROUNDS, COLOURS, MOTION_PHRASES, SHAPES
 
 SIZE = 64
@@ -76,6 +76,25 @@ def object_placement(pictures: np.ndarray) -> dict[str, float]:
     }
 
 
+def score_stills(
+    grid: list[tuple[str, str, str]], images: np.ndarray
+) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """Hits per attribute (colour, shape, background) of stills `images` (len(grid), n, h, w, 3) asked for `grid`'s
+    (colour, shape, background), and the shape confusion: asked shape -> how often each shape was read back
+    (`UNKNOWN`: no object found). One column taking every row means the model draws one form whatever the word
+    (a rendering problem); a spread-out row means it draws forms but not the asked one (a text-binding problem)."""
+    hits = {"colour": 0, "shape": 0, "background": 0}
+    confusion = {asked: {drawn: 0 for drawn in (*SHAPES, UNKNOWN)} for asked in SHAPES}
+    for (colour, shape, background), frames in zip(grid, images, strict=True):
+        for frame in frames:
+            drawn = classify_shape(frame[None])
+            confusion[shape][drawn] += 1
+            hits["colour"] += classify_colour(frame[None]) == colour
+            hits["shape"] += drawn == shape
+            hits["background"] += classify_background(frame[None]) == background
+    return hits, confusion
+
+
 def stills_pipeline(model: str, vae: str | None = None):
     """The image model in a video pipeline for stills (motion is switched off with `motion_strength=0`).
 
@@ -106,12 +125,7 @@ def evaluate(
     grid = prompt_grid(prompts)
     texts = [f"a {colour} {shape} on a {background} background" for colour, shape, background in grid]
     images = stills(pipeline, texts, seeds, steps, guidance, rescale)
-    hits = {"colour": 0, "shape": 0, "background": 0}
-    for (colour, shape, background), frames in zip(grid, images, strict=True):
-        for frame in frames:
-            hits["colour"] += classify_colour(frame[None]) == colour
-            hits["shape"] += classify_shape(frame[None]) == shape
-            hits["background"] += classify_background(frame[None]) == background
+    hits, confusion = score_stills(grid, images)
     total = prompts * seeds
     directions, placement = {}, {}
     for first, second in (("left", "right"), ("up", "down"), ("grow", "shrink")):
@@ -134,6 +148,7 @@ def evaluate(
         "guidance_rescale": rescale,
         "stills": total,
         **{f"{name}_accuracy": count / total for name, count in hits.items()},
+        "shape_confusion": confusion,
         "word_change_levels": directions,
         "placement": placement,
         "seed_change_levels": seed_change,
@@ -157,6 +172,10 @@ def main() -> None:
     print(f"{results['model']}: {results['stills']} stills")
     for name in ("colour", "shape", "background"):
         print(f"  {name + ' accuracy':<30}{100 * results[f'{name}_accuracy']:6.1f} %")
+    columns = next(iter(results["shape_confusion"].values()))
+    print(f"  {'shape asked / read back':<30}" + " ".join(f"{name[:8]:>8}" for name in columns))
+    for asked, row in results["shape_confusion"].items():
+        print(f"  {asked:<30}" + " ".join(f"{count:8d}" for count in row.values()))
     for name, change in results["word_change_levels"].items():
         print(f"  {name:<30}{change:6.2f} levels changed (same seed)")
     for motion, place in results["placement"].items():

@@ -149,6 +149,28 @@ def test_image_model_bench_reads_where_and_how_large_the_object_is_drawn() -> No
     assert large_place["area"] > 2 * left_place["area"]
 
 
+def test_image_bench_confusion_reads_true_pictures_on_the_diagonal() -> None:
+    """Rendered ground-truth stills score every attribute and put each shape on its own row's diagonal; a picture
+    of the wrong shape lands off the diagonal."""
+    import numpy as np
+
+    from zoetrope.world.render import ClipSpec, WorldConfig, render_image
+
+    bench = load_bench("eval_image_model")
+    config = WorldConfig()
+    grid = bench.prompt_grid(8)
+    images = np.stack([
+        np.stack([render_image(ClipSpec(shape, colour, background, "still", x=0.5, y=0.4, radius=0.14), config)])
+        for colour, shape, background in grid
+    ]).astype(np.float64)
+    hits, confusion = bench.score_stills(grid, images)
+    assert hits == {"colour": 8, "shape": 8, "background": 8}
+    assert all(row[asked] == sum(row.values()) for asked, row in confusion.items())
+    wrong = [(colour, "star" if shape != "star" else "square", background) for colour, shape, background in grid[:1]]
+    hits, confusion = bench.score_stills(wrong, images[:1])
+    assert hits["shape"] == 0 and confusion[wrong[0][1]][grid[0][1]] == 1
+
+
 def test_compare_runs_finds_a_small_paired_difference_hidden_in_noisy_curves(tmp_path: Path) -> None:
     """A 1 % lower loss in run a, under per-step noise 20x larger shared by both runs, gives a large negative t."""
     import numpy as np
@@ -197,3 +219,26 @@ def test_image_model_bench_fits_a_motion_module_to_a_unet_of_other_widths(tmp_pa
         for parameter in pipeline.video_unet.motion_modules.parameters():
             parameter.add_(torch.randn_like(parameter))
     assert torch.equal(still(), before)
+
+
+def test_sparsectrl_bench_conditions_and_keyframe_placement_on_rendered_truth() -> None:
+    """RGB keyframes are the frames, sketch keyframes their edge maps (what the sketch encoder trained on); a clip
+    equal to the truth is placed exactly at its keyframes and on the path at the middle frame, while a clip whose
+    object sits elsewhere is off by the shift."""
+    import numpy as np
+
+    from zoetrope.training.conditions import edge_map
+    from zoetrope.world.render import WorldConfig, render_clip, spec_for_prompt
+
+    bench = load_bench("eval_sparsectrl")
+    config = WorldConfig()
+    truth = render_clip(spec_for_prompt("a red square moving right on a grey background", np.random.default_rng(0), config), config, video_domain=False)
+    rgb = bench.keyframe_images(truth, [0, 15], "rgb")
+    sketch = bench.keyframe_images(truth, [0, 15], "sketch")
+    assert torch.equal(torch.stack(rgb), bench.to_tensor(truth[[0, 15]]))
+    assert torch.equal(torch.stack(sketch), edge_map(bench.to_tensor(truth[[0, 15]])))
+    assert bench.keyframe_centroid_errors(truth, truth, [0, 15], config) == [0.0, 0.0]
+    shifted = np.roll(truth, 5, axis=2)  # the object 5 px further right in every frame
+    assert all(abs(error - 5.0) < 0.5 for error in bench.keyframe_centroid_errors(shifted, truth, [0, 15], config))
+    error, spread = bench.centroid_error(truth, truth[0], truth[-1], config)
+    assert error < 1.0 and abs(spread - 1.0) < 0.2
