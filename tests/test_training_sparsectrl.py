@@ -204,6 +204,21 @@ def test_ablation_exports_without_motion_modules(training_files, tmp_path) -> No
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(residuals(loaded, 4, 2), expected))
 
 
+def test_ablation_from_a_temporal_encoder_keeps_its_spatial_weights(training_files, tmp_path) -> None:
+    """`temporal: false` on a saved temporal encoder drops the temporal layers and keeps every other weight."""
+    temporal = Trainer(make_config(training_files, tmp_path / "temporal", steps=1, lr=1e-2), dataset=TensorClips())
+    exported = temporal.fit()
+    config = make_config(
+        training_files, tmp_path / "ablation", steps=1, model={"sparse_control": str(exported)}, sparsectrl={"temporal": False}
+    )
+    ablation = Trainer(config, dataset=TensorClips())
+    assert temporal.model.control.has_motion_modules and not ablation.model.control.has_motion_modules
+    kept = ablation.model.control.state_dict()
+    source = temporal.model.control.state_dict()
+    assert set(kept) == {key for key in source if ".motion_modules." not in key}
+    assert all(torch.equal(kept[key], source[key]) for key in kept)
+
+
 def test_resume_is_exact(training_files, tmp_path) -> None:
     changes = dict(steps=4, lr_schedule="cosine", warmup_steps=1, caption_dropout=0.5, checkpoint_every=2, lr=1e-2)
     straight = Trainer(make_config(training_files, tmp_path / "straight", **changes), dataset=TensorClips())

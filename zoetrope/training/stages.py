@@ -296,7 +296,9 @@ def _train_sparsectrl(model: StageModel, config: TrainConfig, generator: torch.G
 
     A fresh encoder copies the image UNet's encoder weights (official `from_unet`); its condition embedding, zero
     convolutions and motion-module outputs start at zero, so training starts from the unsteered video model.
-    `model.sparse_control` continues training a saved encoder instead.
+    `model.sparse_control` continues training a saved encoder instead. With `sparsectrl.temporal: false` and a saved
+    encoder that has temporal layers, those layers are dropped and every other weight kept: the frame-by-frame
+    ablation then starts from the same spatial weights as the temporal encoder it is compared with.
     """
     from zoetrope.formats.sparsectrl import load_sparse_control
 
@@ -304,13 +306,27 @@ def _train_sparsectrl(model: StageModel, config: TrainConfig, generator: torch.G
     unet = model.image_model.unet
     if config.model.sparse_control:
         encoder = load_sparse_control(config.model.sparse_control, unet)
-        logger.info("sparsectrl: the encoder's shape comes from %s (sparsectrl.condition/temporal/... ignored)",
-                    config.model.sparse_control)
+        if not config.sparsectrl.temporal and encoder.has_motion_modules:
+            encoder = _without_temporal_layers(encoder, unet)
+            logger.info("sparsectrl: %s without its temporal layers (sparsectrl.temporal: false)",
+                        config.model.sparse_control)
+        else:
+            logger.info("sparsectrl: the encoder's shape comes from %s (sparsectrl.condition/... ignored)",
+                        config.model.sparse_control)
     else:
         encoder = SparseControlEncoder.from_unet(unet, sparse_control_config(config, unet, model.image_model.vae))
     first = next(unet.parameters())
     model.control = encoder.to(device=first.device, dtype=first.dtype)
     model.control.requires_grad_(True)
+
+
+def _without_temporal_layers(encoder: SparseControlEncoder, unet: nn.Module) -> SparseControlEncoder:
+    """The same encoder with no temporal layers: every non-temporal weight copied (strictly, so nothing else is
+    lost or left at its initial value)."""
+    ablation = SparseControlEncoder.from_unet(unet, encoder.config.with_(temporal=False), copy_weights=False)
+    spatial = {key: value for key, value in encoder.state_dict().items() if ".motion_modules." not in key}
+    ablation.load_state_dict(spatial, strict=True)
+    return ablation.to(dtype=next(encoder.parameters()).dtype)
 
 
 def _sparsectrl_conditions(
