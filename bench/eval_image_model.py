@@ -140,6 +140,10 @@ def evaluate(
         directions[f"{MOTION_PHRASES[first]} -> {MOTION_PHRASES[second]}"] = float(np.abs(one - two).mean())
         for motion, pictures in ((first, one), (second, two)):
             placement[MOTION_PHRASES[motion]] = object_placement(pictures.reshape(-1, *pictures.shape[-3:]))
+            # Shape accuracy by motion word: "shrinking" stills start large, "growing" ones small, so the pair
+            # says whether shapes come out better when the object covers more latent pixels.
+            shape_hits = score_stills(grid[:8], pictures)[0]["shape"]
+            placement[MOTION_PHRASES[motion]]["shape_accuracy"] = shape_hits / (pictures.shape[0] * pictures.shape[1])
     seed_change = float(np.abs(images[:8, :1] - images[:8, 1:2]).mean()) if seeds > 1 else None
     return {
         "model": model,
@@ -179,7 +183,8 @@ def main() -> None:
     for name, change in results["word_change_levels"].items():
         print(f"  {name:<30}{change:6.2f} levels changed (same seed)")
     for motion, place in results["placement"].items():
-        print(f"  {'drawn, ' + motion:<30}x {place['x']:5.1f}  y {place['y']:5.1f}  area {place['area']:6.1f} px")
+        print(f"  {'drawn, ' + motion:<30}x {place['x']:5.1f}  y {place['y']:5.1f}  area {place['area']:6.1f} px  "
+              f"shape {100 * place['shape_accuracy']:5.1f} %")
     if results["seed_change_levels"] is not None:
         print(f"  {'another seed':<30}{results['seed_change_levels']:6.2f} levels changed (another noise draw, for scale)")
     if args.json:
