@@ -47,7 +47,7 @@ def test_a_missing_bundle_is_a_checkpoint_error_naming_the_files(tmp_path, monke
     with pytest.raises(CheckpointError, match="motion_module.safetensors") as error:
         bundled_paths()
     assert "base.safetensors" not in str(error.value)  # present files are not reported missing
-    assert "tools/train_world.sh" in str(error.value)
+    assert "tools/train_world_vz.sh" in str(error.value)
 
 
 def test_install_bundle_stores_half_precision_and_keeps_metadata(tmp_path) -> None:
@@ -65,9 +65,42 @@ def test_install_bundle_stores_half_precision_and_keeps_metadata(tmp_path) -> No
         install_bundle({"vae": source}, tmp_path / "bundle")
 
 
+def test_install_bundle_puts_a_decoder_fine_tune_inside_the_image_models_only(tmp_path) -> None:
+    """`install_bundle(vae=...)`: the image model's VAE becomes the given one (decoder changed, encoder and UNet
+    kept, same LDM keys); other roles are copied as they are; a VAE with other latents is refused by name."""
+    from conftest import make_tiny_image_model, make_tiny_vae
+    from zoetrope.errors import InputError
+    from zoetrope.formats.sd_single_file import load_sd_single_file, save_sd_single_file
+    from zoetrope.formats.vae_file import save_vae_file
+
+    image = make_tiny_image_model()
+    model = save_sd_single_file(image.unet, image.vae, image.text_encoder, tmp_path / "model.safetensors", {"x": "1"})
+    tuned = make_tiny_vae()
+    tuned.load_state_dict(image.vae.state_dict())
+    with torch.no_grad():
+        tuned.decoder.conv_out.bias.add_(0.5)  # a decoder-only change, as `vae_train: decoder` makes
+    vae = save_vae_file(tuned, tmp_path / "vae.safetensors")
+    lora = tmp_path / "lora.safetensors"
+    save_state_dict({"a": torch.ones(2)}, lora, {"zoetrope.kind": "motion_lora"})
+    written = install_bundle({"model": model, "motion_lora_zoom_in": lora}, tmp_path / "bundle", vae=vae)
+    assert set(load_state_dict(written["model"])) == set(load_state_dict(model))
+    assert read_metadata(written["model"])["x"] == "1" and read_metadata(written["model"])["zoetrope.vae_source"] == "vae.safetensors"
+    parts = load_sd_single_file(written["model"])
+    assert torch.allclose(parts.vae.decoder.conv_out.bias, tuned.decoder.conv_out.bias.half().float())
+    assert torch.equal(parts.vae.encoder.conv_in.weight, image.vae.encoder.conv_in.weight.half().float())
+    assert torch.equal(parts.unet.conv_in.weight, image.unet.conv_in.weight.half().float())
+    assert torch.equal(load_state_dict(written["motion_lora_zoom_in"])["a"], torch.ones(2, dtype=torch.float16))
+    foreign = make_tiny_vae()
+    foreign.register_to_config(scaling_factor=0.5)
+    with pytest.raises(InputError, match="scaling_factor"):
+        install_bundle({"model": model}, tmp_path / "bundle2", vae=save_vae_file(foreign, tmp_path / "foreign.safetensors"))
+    with pytest.raises(CheckpointError, match="no image model"):
+        install_bundle({"motion_lora_zoom_in": lora}, tmp_path / "bundle3", vae=vae)
+
+
 @pytest.mark.xfail(
-    reason="the bundled model misses its fidelity targets (docs/world-training.md): colour 71%, shape 38%, "
-    "motion 8% on the base suite (left/right does not reach the motion module)", strict=True
+    reason="the bundled model misses its shape and motion targets (README): shape 30 %, motion 55 % on the suite; "
+    "this prompt has no background, which the world's captions always name, and seed 0 moves it left", strict=True
 )
 def test_generate_with_no_model_argument_makes_the_prompted_clip(tmp_path, monkeypatch) -> None:
     """The README's first command, offline and on the CPU: the clip must show a red circle moving right."""
@@ -103,19 +136,12 @@ def test_generate_with_no_model_argument_uses_the_bundle_offline_and_is_seeded(t
     assert clips[0].std(axis=(1, 2)).mean() > 1.0  # a picture, not a constant frame
 
 
-@pytest.mark.parametrize(
-    "replace",
-    [
-        pytest.param("0", marks=pytest.mark.xfail(
-            reason="the bundled RGB SparseCtrl encoder is undertrained (900 steps; its zero convolutions are still "
-            "~0.01): frame 0 reaches ~14 dB against the keyframe (docs/world-training.md)", strict=True)),
-        "0.7",
-    ],
-)
+@pytest.mark.parametrize("replace", ["0", "0.7"])
 def test_generate_with_the_bundled_rgb_encoder_reproduces_the_first_frame(tmp_path, monkeypatch, replace) -> None:
-    """Image animation from the CLI: `--control rgb --keyframe 0:IMAGE` with the bundled encoder; frame 0 of the
-    clip must reproduce the given picture (a rendered shapes-world frame) to within a few levels. The encoder alone
-    does not yet (xfail); with `--keyframe-replace 0.7` it does."""
+    """Image animation from the CLI: `--control rgb --keyframe 0:IMAGE` with the bundled encoder at the setting the
+    README gives for zero-terminal-SNR models (guidance 4, control scale 1.5); frame 0 of the clip must reproduce
+    the given picture (a rendered shapes-world frame) to within a few levels, from the encoder alone (replacement 0)
+    and with `--keyframe-replace 0.7`. (The first lineage's encoder reached only ~14 dB alone.)"""
     import math
 
     import numpy as np
@@ -128,11 +154,14 @@ def test_generate_with_the_bundled_rgb_encoder_reproduces_the_first_frame(tmp_pa
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     prompt = "a yellow square moving right on a navy background"
     config = WorldConfig()
-    first = render_clip(spec_for_prompt(prompt, np.random.default_rng(0), config), config)[0]
+    # A clean picture (no watermark band), as a user's image is: the module is sampled with the adapter dropped,
+    # so a band in the keyframe would not be reproduced and would cost ~6 dB by itself.
+    first = render_clip(spec_for_prompt(prompt, np.random.default_rng(0), config), config, video_domain=False)[0]
     Image.fromarray(first).save(tmp_path / "first.png")
     output = tmp_path / "clip_%03d.png"
     argv = ["--quiet", "generate", prompt, "--steps", "10", "--seed", "0", "--device", "cpu", "--control", "rgb",
-            "--keyframe", f"0:{tmp_path / 'first.png'}", "--keyframe-replace", replace, "-o", str(output)]
+            "--keyframe", f"0:{tmp_path / 'first.png'}", "--keyframe-replace", replace, "--guidance", "4",
+            "--control-scale", "1.5", "-o", str(output)]
     assert main(argv) == 0
     frames, _ = read_video(output)
     error = float(np.mean((frames[0].astype(np.float64) - first.astype(np.float64)) ** 2))
