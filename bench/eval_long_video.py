@@ -71,13 +71,18 @@ def main() -> None:
     parser.add_argument("--prompt", default="a red circle moving right on a grey background")
     parser.add_argument("--suite-limit", type=int, default=8, help="prompts of the suite used for FreeInit")
     parser.add_argument(
-        "--parts", nargs="+", choices=PARTS, default=list(PARTS),
-        help="which measurements to run (FreeInit does not apply to a zero-terminal-SNR model: leave it out there)",
+        "--parts", nargs="+", choices=PARTS, default=None,
+        help="which measurements to run (default: all that apply; FreeInit does not apply to a zero-terminal-SNR "
+        "model, such as the bundled one: measure it on an epsilon model, e.g. the first lineage's runs/world/ exports)",
     )
     parser.add_argument("-o", "--output", default="outputs/eval_long_video.json")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     pipe = load_pipeline(args.model, args.motion_module)
+    if args.parts is None:
+        args.parts = [part for part in PARTS if part != "freeinit" or not pipe.zero_terminal_snr]
+        if "freeinit" not in args.parts:
+            print("FreeInit left out: the model has zero terminal SNR (FreeInit needs an epsilon model)")
     seeds = list(range(args.seeds))
     results: dict = {"settings": vars(args)}
 

@@ -142,6 +142,15 @@ def test_each_curriculum_stage_starts_from_the_previous_stages_module() -> None:
     assert {config.stage for config in configs} == {"motion"}
 
 
+def test_no_world_config_trains_from_the_bundle_folder() -> None:
+    """The bundle (`zoetrope/assets/world/`) is an *output* of the recipes; a config that started from it would train
+    something else whenever the bundle is replaced (it was, in the sixteenth session). Starts name run exports."""
+    for path in sorted((CONFIGS / "world").rglob("*.yaml")):
+        model = load_train_config(path).model
+        starts = [model.image_model, model.motion_module, model.domain_adapter, model.sparse_control, model.vae]
+        assert not [start for start in starts if start and "assets/world" in str(start)], path
+
+
 def test_overrides_are_parsed_as_yaml_and_checked() -> None:
     config = load_config({"name": "x"}, Outer, overrides=["lr=1e-5", "inner.rank=16", "sizes=[3, 4]", "maybe.alpha=0.5"])
     assert (config.lr, config.inner.rank, config.sizes, config.maybe.alpha) == (1e-5, 16, (3, 4), 0.5)

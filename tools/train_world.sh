@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Train zoetrope's bundled shapes-world model from nothing, with the project's own commands, and install it into
-# the package (zoetrope/assets/world/). Every stage's wall time goes to runs/world/times.tsv; logs to
-# runs/world/logs/. Run from the repository root:  bash tools/train_world.sh
+# Train zoetrope's first shapes-world lineage from nothing, with the project's own commands (the bundle until the
+# sixteenth session; since then the start of tools/train_world_vz.sh, which trains and installs the shipped model:
+# run this one with TRAIL=0 first). Every stage's wall time goes to runs/world/times.tsv; logs to runs/world/logs/.
+# Run from the repository root:  bash tools/train_world.sh
 # Stages (AnimateDiff, Guo et al. 2024, sec. 4, on the shapes world):
 #   vae -> image (base model, clean image domain) -> personalize (pastel style, "zxq") -> domain-adapter (video
 #   frames) -> motion (16-frame clips, domain adapter attached) -> motion-lora zoom-in / pan-left (50 clips each);
 #   motion-nodapter is the no-adapter baseline for the watermark-leakage comparison (measured, not shipped);
 #   then the SparseCtrl encoders (RGB and sketch) on the frozen motion model.
 # Set SKIP_BASELINE=1 to skip the baseline, SKIP_DATA=1 to reuse data/world/, FROM=<stage> to start at a stage
-# (earlier exports must exist), SKIP_INSTALL=1 to leave the package data alone, SKIP_SPARSECTRL=1 to stop after the
+# (earlier exports must exist), INSTALL=1 to install into the package, SKIP_SPARSECTRL=1 to stop after the
 # AnimateDiff stages (no SparseCtrl encoders, nothing installed).
 set -euo pipefail
 # Threads: a stage that runs alone gets every core (THREADS, default 2 = this machine); two concurrent stages get
@@ -92,8 +93,9 @@ for pid in "${pids[@]}"; do wait "$pid"; done
 # (keyframe PSNR on clean keyframes 16.9 dB alone, 25.2 dB with --keyframe-replace 0.5; 68 min here).
 timed sparsectrl-rgb-long continue_stage sparsectrl-rgb sparsectrl-rgb-cont 2000 sparsectrl-rgb-long
 
-# 3. Install the exports into the package (float16 copies; the loaders upcast).
-[ "${SKIP_INSTALL:-0}" = 1 ] && exit 0
+# 3. Install the exports into the package (float16 copies; the loaders upcast), when asked: the shipped bundle is
+#    tools/train_world_vz.sh's.
+[ "${INSTALL:-0}" = 1 ] || exit 0
 python -m zoetrope.world.bundled \
     model="$RUNS/image/model.safetensors" \
     personalized_model="$RUNS/personalize/model.safetensors" \

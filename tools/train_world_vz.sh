@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Train the bundled shapes-world model (the zero-terminal-SNR lineage, shipped since the sixteenth session) with the
+# project's own commands and install it into the package (zoetrope/assets/world/). Run from the repository root:
+#     TRAIL=0 bash tools/train_world.sh        # first: the 52-minute lineage every stage here starts from (runs/world/)
+#     bash tools/train_world_vz.sh             # then this (~10 CPU hours on 2 cores, docs/world-training.md)
+# Every stage's wall time goes to runs/exp/times.tsv, its log to runs/exp/logs/. Each stage is a config file under
+# configs/world/experiments/ (its header says what it is for and what it measured); the chain:
+#   image-vpred-ztsnr (the base image model converted to v-prediction with zero terminal SNR)
+#   -> domain adapter on it -> motion module with a text cross-attention (from the first lineage's module)
+#   -> motion curriculum 1-5 (left/right, the same at high noise, translations, all eight motions, the weak ones)
+#   -> personalised (pastel) model, decoder-only VAE fine-tune, SparseCtrl RGB + sketch encoders, MotionLoRAs.
+# FROM=<stage> starts at a stage (earlier exports must exist); SKIP_INSTALL=1 leaves the package data alone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DATA=data/world
+RUNS=runs/exp
+X=configs/world/experiments
+mkdir -p "$RUNS/logs"
+TIMES="$RUNS/times.tsv"
+[ -f "$TIMES" ] || printf 'stage\tseconds\n' > "$TIMES"
+for needed in runs/world/image/model.safetensors runs/world/motion/motion_module.safetensors \
+    runs/world/sparsectrl-rgb-long/sparse_control.safetensors runs/world/sparsectrl-sketch/sparse_control.safetensors; do
+    [ -f "$needed" ] || { echo "missing $needed: run TRAIL=0 bash tools/train_world.sh first" >&2; exit 1; }
+done
+
+STARTED=0
+want() {  # want STAGE: true from the stage named by FROM on (every stage when FROM is unset)
+    if [ -z "${FROM:-}" ] || [ "$FROM" = "$1" ]; then STARTED=1; fi
+    [ "$STARTED" = 1 ]
+}
+timed() {  # timed NAME COMMAND...: run, log, record the wall time
+    local name=$1; shift
+    local start; start=$(date +%s)
+    "$@" > "$RUNS/logs/$name.log" 2>&1
+    printf '%s\t%s\n' "$name" "$(( $(date +%s) - start ))" >> "$TIMES"
+    echo "$name: $(( $(date +%s) - start )) s"
+}
+train() {  # train NAME CONFIG [--set ...]: one stage, two threads (the stages here run one at a time)
+    local name=$1; shift
+    want "$name" && OMP_NUM_THREADS=${THREADS:-2} timed "$name" zoetrope train "$@"
+    return 0
+}
+
+# 1. Data: the plain base world (no trail; the first lineage's data when it was made with TRAIL=0), the subsets the
+#    curriculum names, and the image folder of the decoder fine-tune (plain + pastel stills side by side).
+if [ -z "${FROM:-}" ]; then
+    [ -f "$DATA/plain/videos.csv" ] || zoetrope world make "$DATA/plain" --preset base --scale 4
+    for preset in pastel zoom-in pan-left; do
+        [ -f "$DATA/$preset/world.json" ] || zoetrope world make "$DATA/$preset" --preset "$preset"
+    done
+    subset() {  # subset NAME REGEX [TIMES]: the header and the rows whose caption matches, or all rows + matches
+        local out="$DATA/plain/$1.csv"
+        if [ "${3:-0}" = 0 ]; then
+            (head -1 "$DATA/plain/videos.csv"; grep -E "$2" "$DATA/plain/videos.csv") > "$out"
+        else
+            (cat "$DATA/plain/videos.csv"; for _ in $(seq "$3"); do grep -E "$2" "$DATA/plain/videos.csv"; done) > "$out"
+        fi
+    }
+    subset leftright "moving (left|right)"
+    subset lrud "moving (left|right|up|down)"
+    subset weak3x "moving (up|down)|growing|rotating" 2
+    mkdir -p "$DATA/vae-mix/images"
+    for world in plain pastel; do
+        for file in "$DATA/$world"/images/*.png; do ln -sf "../../$world/images/$(basename "$file")" "$DATA/vae-mix/images/$world-$(basename "$file")"; done
+        sed "s/\"file_name\": \"/\"file_name\": \"$world-/" "$DATA/$world/images/metadata.jsonl"
+    done > "$DATA/vae-mix/images/metadata.jsonl"
+fi
+
+# 2. Stages, in dependency order (each starts from the export of the one before it).
+train image-vz $X/image-vpred-ztsnr.yaml
+train adapter-vz configs/world/domain-adapter.yaml --set output_dir=$RUNS/adapter-vz \
+    --set model.image_model=$RUNS/image-vz/model.safetensors --set data.csv_path=$DATA/plain/videos.csv \
+    --set data.video_folder=$DATA/plain/videos
+# The text-cross-attention module ran 8,250 steps before the curriculum started from it (its config asks for more:
+# it was a side-by-side experiment with its self-attention control, motion-self-bundled.yaml).
+train motion-cross $X/motion-cross-bundled.yaml --set steps=8250
+START="$RUNS/motion-cross-bundled/checkpoints/step-0008250/motion_module.safetensors"  # what curriculum 1 reads
+[ -f "$START" ] || { mkdir -p "$(dirname "$START")"; cp "$RUNS/motion-cross-bundled/motion_module.safetensors" "$START"; }
+for stage in 1-leftright 2-leftright-high-noise 3-translations 4-all-motions 5-weak-motions; do
+    train "curriculum-$stage" "$X/curriculum-$stage.yaml"
+done
+train personalize-vz configs/world/personalize.yaml --set output_dir=$RUNS/personalize-vz \
+    --set model.image_model=$RUNS/image-vz/model.safetensors
+train vae-decoder $X/vae-decoder-styles.yaml
+train sparsectrl-rgb-vz $X/sparsectrl-rgb-vz.yaml
+train sparsectrl-sketch-vz $X/sparsectrl-sketch-vz.yaml
+train zoom-lora-vz $X/motion-lora-zoom-in-vz.yaml
+train pan-lora-vz $X/motion-lora-pan-left-vz.yaml
+
+# 3. Install (float16 copies; the decoder fine-tune goes inside both image models).
+[ "${SKIP_INSTALL:-0}" = 1 ] && exit 0
+python -m zoetrope.world.bundled --vae "$RUNS/vae-decoder-styles/vae.safetensors" \
+    model="$RUNS/image-vz/model.safetensors" \
+    personalized_model="$RUNS/personalize-vz/model.safetensors" \
+    motion_module="$RUNS/curr-weak/motion_module.safetensors" \
+    domain_adapter="$RUNS/adapter-vz/domain_adapter.safetensors" \
+    motion_lora_zoom_in="$RUNS/zoom-lora-vz/motion_lora.safetensors" \
+    motion_lora_pan_left="$RUNS/pan-lora-vz/motion_lora.safetensors" \
+    sparsectrl_rgb="$RUNS/sc-rgb-vz/sparse_control.safetensors" \
+    sparsectrl_sketch="$RUNS/sc-sketch-vz/sparse_control.safetensors"
+du -ch zoetrope/assets/world/*.safetensors | tail -n1
