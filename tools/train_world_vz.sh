@@ -20,7 +20,8 @@ mkdir -p "$RUNS/logs"
 TIMES="$RUNS/times.tsv"
 [ -f "$TIMES" ] || printf 'stage\tseconds\n' > "$TIMES"
 for needed in runs/world/image/model.safetensors runs/world/motion/motion_module.safetensors \
-    runs/world/sparsectrl-rgb-long/sparse_control.safetensors runs/world/sparsectrl-sketch/sparse_control.safetensors; do
+    runs/world/sparsectrl-rgb-long/sparse_control.safetensors \
+    runs/world/sparsectrl-sketch/sparse_control.safetensors; do
     [ -f "$needed" ] || { echo "missing $needed: run TRAIL=0 bash tools/train_world.sh first" >&2; exit 1; }
 done
 
@@ -54,7 +55,8 @@ if [ -z "${FROM:-}" ]; then
         if [ "${3:-0}" = 0 ]; then
             (head -1 "$DATA/plain/videos.csv"; grep -E "$2" "$DATA/plain/videos.csv") > "$out"
         else
-            (cat "$DATA/plain/videos.csv"; for _ in $(seq "$3"); do grep -E "$2" "$DATA/plain/videos.csv"; done) > "$out"
+            (cat "$DATA/plain/videos.csv"
+             for _ in $(seq "$3"); do grep -E "$2" "$DATA/plain/videos.csv"; done) > "$out"
         fi
     }
     subset leftright "moving (left|right)"
@@ -62,7 +64,10 @@ if [ -z "${FROM:-}" ]; then
     subset weak3x "moving (up|down)|growing|rotating" 2
     mkdir -p "$DATA/vae-mix/images"
     for world in plain pastel; do
-        for file in "$DATA/$world"/images/*.png; do ln -sf "../../$world/images/$(basename "$file")" "$DATA/vae-mix/images/$world-$(basename "$file")"; done
+        for file in "$DATA/$world"/images/*.png; do
+            name=$(basename "$file")
+            ln -sf "../../$world/images/$name" "$DATA/vae-mix/images/$world-$name"
+        done
         sed "s/\"file_name\": \"/\"file_name\": \"$world-/" "$DATA/$world/images/metadata.jsonl"
     done > "$DATA/vae-mix/images/metadata.jsonl"
 fi
@@ -76,7 +81,10 @@ train adapter-vz configs/world/domain-adapter.yaml --set output_dir=$RUNS/adapte
 # it was a side-by-side experiment with its self-attention control, motion-self-bundled.yaml).
 train motion-cross $X/motion-cross-bundled.yaml --set steps=8250
 START="$RUNS/motion-cross-bundled/checkpoints/step-0008250/motion_module.safetensors"  # what curriculum 1 reads
-[ -f "$START" ] || { mkdir -p "$(dirname "$START")"; cp "$RUNS/motion-cross-bundled/motion_module.safetensors" "$START"; }
+if want curriculum-1-leftright && [ ! -f "$START" ]; then
+    mkdir -p "$(dirname "$START")"
+    cp "$RUNS/motion-cross-bundled/motion_module.safetensors" "$START"
+fi
 for stage in 1-leftright 2-leftright-high-noise 3-translations 4-all-motions 5-weak-motions; do
     train "curriculum-$stage" "$X/curriculum-$stage.yaml"
 done
