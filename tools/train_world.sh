@@ -19,26 +19,7 @@ cd "$(dirname "$0")/.."
 
 DATA=data/world
 RUNS=runs/world
-mkdir -p "$RUNS/logs"
-TIMES="$RUNS/times.tsv"
-[ -f "$TIMES" ] || printf 'stage\tseconds\tload_before\tload_after\n' > "$TIMES"
-
-STARTED=0
-want() {  # want STAGE: true from the stage named by FROM on (every stage when FROM is unset)
-    if [ -z "${FROM:-}" ] || [ "$FROM" = "$1" ]; then STARTED=1; fi
-    [ "$STARTED" = 1 ]
-}
-
-timed() {  # timed NAME COMMAND...: run, log, and record the wall time and the machine load around it
-    local name=$1; shift
-    local load_before start seconds
-    load_before=$(cut -d' ' -f1 /proc/loadavg)
-    start=$(date +%s.%N)
-    "$@" > "$RUNS/logs/$name.log" 2>&1
-    seconds=$(printf '%.1f' "$(echo "$(date +%s.%N) - $start" | bc)")
-    printf '%s\t%s\t%s\t%s\n' "$name" "$seconds" "$load_before" "$(cut -d' ' -f1 /proc/loadavg)" >> "$TIMES"
-    echo "$name: $seconds s"
-}
+source tools/recipe_lib.sh  # want, timed, runs/world/logs and times.tsv
 
 # 1. Data: the base world at scale 4 (2,000 watermarked clips + 2,000 clean images, 75% of them captioned with a
 #    motion), the personalisation set (200 pastel images) and one 50-clip set per MotionLoRA camera motion.

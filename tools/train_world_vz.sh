@@ -16,27 +16,13 @@ cd "$(dirname "$0")/.."
 DATA=data/world
 RUNS=runs/exp
 X=configs/world/experiments
-mkdir -p "$RUNS/logs"
-TIMES="$RUNS/times.tsv"
-[ -f "$TIMES" ] || printf 'stage\tseconds\n' > "$TIMES"
+source tools/recipe_lib.sh  # want, timed, runs/exp/logs and times.tsv
 for needed in runs/world/image/model.safetensors runs/world/motion/motion_module.safetensors \
     runs/world/sparsectrl-rgb-long/sparse_control.safetensors \
     runs/world/sparsectrl-sketch/sparse_control.safetensors; do
     [ -f "$needed" ] || { echo "missing $needed: run TRAIL=0 bash tools/train_world.sh first" >&2; exit 1; }
 done
 
-STARTED=0
-want() {  # want STAGE: true from the stage named by FROM on (every stage when FROM is unset)
-    if [ -z "${FROM:-}" ] || [ "$FROM" = "$1" ]; then STARTED=1; fi
-    [ "$STARTED" = 1 ]
-}
-timed() {  # timed NAME COMMAND...: run, log, record the wall time
-    local name=$1; shift
-    local start; start=$(date +%s)
-    "$@" > "$RUNS/logs/$name.log" 2>&1
-    printf '%s\t%s\n' "$name" "$(( $(date +%s) - start ))" >> "$TIMES"
-    echo "$name: $(( $(date +%s) - start )) s"
-}
 train() {  # train NAME CONFIG [--set ...]: one stage, two threads (the stages here run one at a time)
     local name=$1; shift
     want "$name" && OMP_NUM_THREADS=${THREADS:-2} timed "$name" zoetrope train "$@"
