@@ -242,6 +242,18 @@ def test_eval_keeps_only_the_asked_motions(files, tmp_path, capsys) -> None:
     assert code == 2 and "['sideways'] not in the base suite; choose from down, grow" in capsys.readouterr().err
 
 
+def test_eval_without_the_background_phrase(files, tmp_path) -> None:
+    model, motion = files
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(model), "--motion-module", str(motion), "--motions", "right,still",
+                 "--no-background", "--frames", "2", "--steps", "1", "-o", str(out)]) == 0
+    results = json.loads(out.read_text())
+    prompts = [row["prompt"] for row in results["clips"]]
+    assert prompts[:3] == ["a green square moving right", "a magenta circle moving right", "a cyan star moving right"]
+    assert len(prompts) == 6 and not any("background" in p for p in prompts)
+    assert results["summary"]["background_scored"] == 0 and results["summary"]["motion_scored"] == 6
+
+
 def test_world_make_with_a_motion_trail(tmp_path, capsys) -> None:
     out = tmp_path / "trail"
     assert main(["world", "make", str(out), "--preset", "pastel", "--scale", "0.02", "--trail-alpha", "0.25"]) == 0

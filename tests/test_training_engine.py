@@ -16,7 +16,9 @@ from zoetrope.formats.safe_load import load_state_dict
 from zoetrope.models.video_unet import VideoUNet
 from zoetrope.training.checkpoint import latest_checkpoint, list_checkpoints, load_training_state
 from zoetrope.training.config import load_train_config
-from zoetrope.training.engine import Trainer, collate, drop_captions, lr_factor, min_snr_weights, sample_timesteps, train
+from zoetrope.training.engine import (
+    Trainer, collate, drop_captions, drop_phrases, lr_factor, min_snr_weights, sample_timesteps, tokenize, train,
+)
 from zoetrope.training.stages import STAGES
 
 SIZE, FRAMES = 16, 4
@@ -74,6 +76,53 @@ def test_caption_dropout_rate_and_extremes() -> None:
     assert drop_captions(texts[:100], 1.0, generator) == [""] * 100
     again = drop_captions(texts[:50], 0.5, torch.Generator().manual_seed(7))
     assert again == drop_captions(texts[:50], 0.5, torch.Generator().manual_seed(7))
+
+
+BACKGROUND = " on an? \\w+ background"
+
+
+def test_phrase_dropout_cuts_the_phrase_at_its_rate_and_leaves_what_a_user_types() -> None:
+    texts = ["a red circle moving right on a grey background", "a cyan star rotating on an orange background"]
+    assert drop_phrases(texts, 1.0, BACKGROUND, torch.Generator()) == ["a red circle moving right", "a cyan star rotating"]
+    assert drop_phrases(texts, 0.0, BACKGROUND, torch.Generator()) == texts
+    assert drop_phrases(["a red circle", "a  blue square on a white background now"], 1.0, BACKGROUND, torch.Generator()) == [
+        "a red circle", "a blue square now"]  # no match: unchanged but for whitespace; a cut mid-caption closes up
+    many = drop_phrases(texts[:1] * 20000, 0.3, BACKGROUND, torch.Generator().manual_seed(0))
+    assert abs(many.count("a red circle moving right") / len(many) - 0.3) < 0.01  # binomial std 0.003
+
+
+def test_phrase_dropout_config_errors_name_the_fix() -> None:
+    base = {"stage": "motion", "output_dir": "out"}
+    with pytest.raises(ConfigError, match=r"caption_phrase_dropout=0.5 needs caption_phrase_pattern"):
+        load_train_config({**base, "caption_phrase_dropout": 0.5})
+    with pytest.raises(ConfigError, match=r"caption_phrase_dropout=2.0; expected a probability"):
+        load_train_config({**base, "caption_phrase_dropout": 2.0, "caption_phrase_pattern": "x"})
+    with pytest.raises(ConfigError, match=r"is not a regular expression"):
+        load_train_config({**base, "caption_phrase_dropout": 0.5, "caption_phrase_pattern": "on a (grey"})
+    with pytest.raises(ConfigError, match=r"matches the empty string"):
+        load_train_config({**base, "caption_phrase_dropout": 0.5, "caption_phrase_pattern": "( on a \\w+ background)?"})
+
+
+def test_phrase_dropout_reaches_the_token_ids_and_draws_nothing_when_off(training_files, tmp_path) -> None:
+    class Captioned(TensorClips):
+        def __getitem__(self, index: int) -> dict:
+            return {**super().__getitem__(index), "text": "a red circle moving right on a grey background"}
+
+    def inputs(**changes):
+        trainer = Trainer(make_config(training_files, tmp_path, "image", batch_size=2, **changes), dataset=Captioned(image=True))
+        batch = collate([trainer.dataset[index] for index in range(2)])
+        return trainer, trainer.diffusion_inputs(batch)
+
+    trainer, cut = inputs(caption_phrase_dropout=1.0, caption_phrase_pattern=BACKGROUND)
+    encoder = trainer.model.image_model.text_encoder
+    expected = tokenize(trainer.model.image_model.tokenizer, ["a red circle moving right"] * 2,
+                        int(encoder.config.max_position_embeddings))
+    assert torch.equal(cut["input_ids"], expected)
+    _, off = inputs(caption_phrase_pattern=BACKGROUND)  # pattern set, rate 0: the run's draws are the old ones
+    _, plain = inputs()
+    assert not torch.equal(off["input_ids"], expected)
+    for name in ("latents", "noise", "timesteps", "input_ids"):
+        assert torch.equal(off[name], plain[name])
 
 
 def test_lr_schedule_by_hand() -> None:

@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -430,11 +431,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from zoetrope.world.metrics import (
         CAMERA_SUITE, PROMPT_SUITE, evaluate_clips, format_table, noise_agreement, prompts_with_motions,
     )
+    from zoetrope.world.render import caption, parse_caption
 
     suites = {"base": PROMPT_SUITE, "camera": CAMERA_SUITE}
     suite = list(suites[args.suite])
     if args.motions:
         suite = prompts_with_motions(suite, args.motions, args.suite)
+    if args.no_background:
+        suite = [caption(replace(parse_caption(prompt), background=None)) for prompt in suite]
     prompts = [p + (f", {args.suffix}" if args.suffix else "") for p in suite][: args.limit or None]
     pipeline = load_pipeline(
         args.model, args.motion_module, motion_loras=args.motion_lora, loras=args.lora, adapter=args.adapter,
@@ -528,6 +532,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--suite", choices=("base", "camera"), default="base")
     evaluate.add_argument("--suffix", default="", help="text appended to every prompt (e.g. a style trigger)")
     evaluate.add_argument("--limit", type=int, default=0, help="only the first N prompts")
+    evaluate.add_argument(
+        "--no-background", action="store_true",
+        help="cut 'on a ... background' from the suite's prompts, as users write them (the world's captions always "
+        "name one; the background is then not scored)",
+    )
     evaluate.add_argument(
         "--motions", default="", help="only the suite's prompts with these motions, comma-separated (e.g. left,right)"
     )

@@ -419,6 +419,12 @@ def sd_state_dict(
     return state
 
 
+def configs_metadata(models: Mapping[str, torch.nn.Module | None]) -> str:
+    """The `CONFIGS_METADATA_KEY` value for the given parts (`unet`, `vae`, `text_encoder`; None parts left out):
+    the constructor configs that let a file be rebuilt offline without guessing architectures from shapes."""
+    return json.dumps({part: model_config(model) for part, model in models.items() if model is not None})
+
+
 def save_sd_single_file(
     unet: torch.nn.Module,
     vae: torch.nn.Module | None,
@@ -433,10 +439,8 @@ def save_sd_single_file(
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         raise CheckpointError(f"{path}: zoetrope writes SD checkpoints only as .safetensors; use a .safetensors name")
-    models = {"unet": unet, "vae": vae, "text_encoder": text_encoder}
-    configs = {part: model_config(model) for part, model in models.items() if model is not None}
     info = {
-        CONFIGS_METADATA_KEY: json.dumps(configs),
+        CONFIGS_METADATA_KEY: configs_metadata({"unet": unet, "vae": vae, "text_encoder": text_encoder}),
         "zoetrope.kind": "sd_model" if vae is not None and text_encoder is not None else "sd_unet",
         "zoetrope.version": __version__,
         **(metadata or {}),

@@ -9,6 +9,7 @@ GPU, grad clip 1.0, constant LR without warmup, caption dropout 0.1. Unlike the 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional, Sequence
@@ -154,6 +155,15 @@ class TrainConfig:
     the pastel style's pale colours) no decoder can recover (docs/world-training.md, thirteenth session). It rules
     out `calibrate_scaling_factor`, which would rescale that latent space.
 
+    `caption_phrase_dropout` / `caption_phrase_pattern`: with that probability per sample (drawn before
+    `caption_dropout`), every match of the regular expression is cut from the caption. Why: a phrase present in
+    every training caption becomes part of what the model expects, and a prompt without it falls off the training
+    distribution. The shapes world's captions always end in "on a <colour> background", and the README's own
+    command ("a red circle moving right") does not; the module then read the direction from tokens that the
+    missing phrase changes. Dropping such a phrase for part of the samples teaches both forms (the way captions of
+    real datasets vary in detail). Off by default; it draws nothing from the run's generator when off, so older
+    runs resume exactly.
+
     `snr_gamma`: Min-SNR-gamma loss weighting (Hang et al. 2023, arXiv 2303.09556; diffusers' `--snr_gamma`, 5 is
     the paper's value): each sample's epsilon loss is weighted by min(SNR(t), gamma) / SNR(t), so the nearly clean
     timesteps, whose gradients fight the coarse-structure timesteps, stop dominating. Unset = plain MSE (SD).
@@ -205,6 +215,8 @@ class TrainConfig:
     mixed_precision: MixedPrecision = "no"
     gradient_checkpointing: bool = False
     caption_dropout: float = 0.1
+    caption_phrase_dropout: float = 0.0
+    caption_phrase_pattern: Optional[str] = None
     kl_weight: float = 1e-6
     reconstruction_loss: Literal["l1", "mse"] = "mse"
     gradient_loss_weight: float = 0.0
@@ -236,6 +248,28 @@ class TrainConfig:
     validation_seed: int = 42
     validation_size: Optional[int] = None
 
+    def _check_caption_phrase(self) -> None:
+        """`caption_phrase_dropout` needs a pattern that compiles and matches something other than the empty string."""
+        if not 0.0 <= self.caption_phrase_dropout <= 1.0:
+            raise ConfigError(f"caption_phrase_dropout={self.caption_phrase_dropout}; expected a probability in [0, 1]")
+        if self.caption_phrase_dropout > 0 and not self.caption_phrase_pattern:
+            raise ConfigError(
+                f"caption_phrase_dropout={self.caption_phrase_dropout} needs caption_phrase_pattern, the regular "
+                "expression of the phrase to drop (e.g. ' on an? \\w+ background')"
+            )
+        if self.caption_phrase_pattern is not None:
+            try:
+                compiled = re.compile(self.caption_phrase_pattern)
+            except re.error as error:
+                raise ConfigError(
+                    f"caption_phrase_pattern={self.caption_phrase_pattern!r} is not a regular expression ({error})"
+                ) from None
+            if compiled.fullmatch(""):
+                raise ConfigError(
+                    f"caption_phrase_pattern={self.caption_phrase_pattern!r} matches the empty string; it must match "
+                    "the phrase itself (e.g. ' on an? \\w+ background', not '( on an? \\w+ background)?')"
+                )
+
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "grad_accumulation", "log_every", "vae_chunk_size", "validation_frames", "validation_steps")
         for name in positive:
@@ -246,6 +280,7 @@ class TrainConfig:
                 raise ConfigError(f"{name}={getattr(self, name)}; expected an integer >= 0 (0 switches it off)")
         if not 0.0 <= self.caption_dropout <= 1.0:
             raise ConfigError(f"caption_dropout={self.caption_dropout}; expected a probability in [0, 1]")
+        self._check_caption_phrase()
         if self.snr_gamma is not None and not self.snr_gamma > 0:
             raise ConfigError(f"snr_gamma={self.snr_gamma}; expected a positive number (5 is usual) or no value (off)")
         if self.vae_train != "all" and self.stage != "vae":

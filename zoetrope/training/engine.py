@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,20 @@ def drop_captions(texts: Sequence[str], probability: float, generator: torch.Gen
     """
     draws = torch.rand(len(texts), generator=generator)
     return ["" if float(draw) < probability else text for draw, text in zip(draws, texts)]
+
+
+def drop_phrases(texts: Sequence[str], probability: float, pattern: str, generator: torch.Generator) -> list[str]:
+    """Cut every match of `pattern` from each caption with `probability` (one uniform draw per caption, in order).
+
+    Whitespace left doubled or trailing by the cut is closed up, so "a red circle moving right on a grey background"
+    becomes exactly "a red circle moving right" (what a user types), not a variant with a stray space.
+    """
+    compiled = re.compile(pattern)
+    draws = torch.rand(len(texts), generator=generator)
+    return [
+        " ".join(compiled.sub(" ", text).split()) if float(draw) < probability else text
+        for draw, text in zip(draws, texts)
+    ]
 
 
 def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> torch.Tensor:
@@ -485,7 +500,12 @@ class Trainer:
             latents.append(sample)
             timesteps.append(sample_timesteps(self.config, steps, 1, self.generator))
             noise.append(torch.randn(sample.shape, generator=self.generator).to(self.device))
-            captions += drop_captions([texts[index]], self.config.caption_dropout, self.generator)
+            caption = [texts[index]]
+            if self.config.caption_phrase_dropout > 0:
+                caption = drop_phrases(
+                    caption, self.config.caption_phrase_dropout, str(self.config.caption_phrase_pattern), self.generator
+                )
+            captions += drop_captions(caption, self.config.caption_dropout, self.generator)
             if self.stage.conditions is not None:
                 extra = self.stage.conditions(self.model, self.config, pixels[index], sample, self.generator)
                 for name, value in extra.items():

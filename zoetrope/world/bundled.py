@@ -13,7 +13,6 @@ asks for it.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from importlib import resources
@@ -82,14 +81,13 @@ def with_replaced_vae(model: str | os.PathLike, vae: str | os.PathLike) -> tuple
     replacement must share the model's latents (checked as for `--vae`); the UNet and text encoder are unchanged.
     """
     from zoetrope.formats.safe_load import read_metadata
-    from zoetrope.formats.sd_single_file import CONFIGS_METADATA_KEY, load_sd_single_file, model_config, sd_state_dict
+    from zoetrope.formats.sd_single_file import CONFIGS_METADATA_KEY, configs_metadata, load_sd_single_file, sd_state_dict
     from zoetrope.pipelines.load import replacement_vae
 
     parts = load_sd_single_file(model)
     new_vae = replacement_vae(vae, parts.vae)
     metadata = dict(read_metadata(model))
-    configs = {"unet": parts.unet, "vae": new_vae, "text_encoder": parts.text_encoder}
-    metadata[CONFIGS_METADATA_KEY] = json.dumps({part: model_config(module) for part, module in configs.items()})
+    metadata[CONFIGS_METADATA_KEY] = configs_metadata({"unet": parts.unet, "vae": new_vae, "text_encoder": parts.text_encoder})
     metadata["zoetrope.vae_source"] = Path(vae).name
     return sd_state_dict(parts.unet, new_vae, parts.text_encoder), metadata
 
