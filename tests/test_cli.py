@@ -254,6 +254,18 @@ def test_eval_without_the_background_phrase(files, tmp_path) -> None:
     assert results["summary"]["background_scored"] == 0 and results["summary"]["motion_scored"] == 6
 
 
+def test_eval_scores_given_prompts_and_refuses_free_text(files, tmp_path, capsys) -> None:
+    model, motion = files
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(model), "--motion-module", str(motion), "--prompt", "a red circle moving right",
+                 "--seeds", "3", "--same-noise", "--frames", "2", "--steps", "1", "-o", str(out)]) == 0
+    rows = json.loads(out.read_text())["clips"]
+    assert [(row["prompt"], row["seed"]) for row in rows] == [("a red circle moving right", seed) for seed in range(3)]
+    code = main(["eval", "--model", str(model), "--motion-module", str(motion), "--prompt", "a corgi on the beach",
+                 "-o", str(out)])
+    assert code == 2 and "not in the shapes-world grammar" in capsys.readouterr().err
+
+
 def test_world_make_with_a_motion_trail(tmp_path, capsys) -> None:
     out = tmp_path / "trail"
     assert main(["world", "make", str(out), "--preset", "pastel", "--scale", "0.02", "--trail-alpha", "0.25"]) == 0

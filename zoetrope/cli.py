@@ -435,6 +435,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     suites = {"base": PROMPT_SUITE, "camera": CAMERA_SUITE}
     suite = list(suites[args.suite])
+    if args.prompt:
+        for prompt in args.prompt:
+            parse_caption(prompt)  # the metrics score a clip from its prompt: refuse one they cannot read, up front
+        suite = list(args.prompt)
     if args.motions:
         suite = prompts_with_motions(suite, args.motions, args.suite)
     if args.no_background:
@@ -530,6 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="score generated clips on the shapes world's prompt suite")
     add_model_arguments(evaluate)
     evaluate.add_argument("--suite", choices=("base", "camera"), default="base")
+    evaluate.add_argument(
+        "--prompt", action="append", default=[],
+        help="score these prompts instead of the suite (repeatable; the shapes-world grammar, e.g. 'a red circle "
+        "moving right')",
+    )
     evaluate.add_argument("--suffix", default="", help="text appended to every prompt (e.g. a style trigger)")
     evaluate.add_argument("--limit", type=int, default=0, help="only the first N prompts")
     evaluate.add_argument(
