@@ -74,11 +74,18 @@ fi
 for stage in 1-leftright 2-leftright-high-noise 3-translations 4-all-motions 5-weak-motions; do
     train "curriculum-$stage" "$X/curriculum-$stage.yaml"
 done
+# The shipped module (seventeenth session): stage 5 taught prompts without the background phrase. The MotionLoRAs
+# below were trained against stage 5's module (curr-weak) and are used with this one; the SparseCtrl encoders are
+# continued against it.
+train captions-vz "$X/motion-captions-vz.yaml"
 train personalize-vz configs/world/personalize.yaml --set output_dir=$RUNS/personalize-vz \
     --set model.image_model=$RUNS/image-vz/model.safetensors
 train vae-decoder $X/vae-decoder-styles.yaml
 train sparsectrl-rgb-vz $X/sparsectrl-rgb-vz.yaml
 train sparsectrl-sketch-vz $X/sparsectrl-sketch-vz.yaml
+# ... continued against the shipped module (seventeenth session)
+train sparsectrl-rgb-captions $X/sparsectrl-rgb-captions.yaml
+train sparsectrl-sketch-captions $X/sparsectrl-sketch-captions.yaml
 train zoom-lora-vz $X/motion-lora-zoom-in-vz.yaml
 train pan-lora-vz $X/motion-lora-pan-left-vz.yaml
 
@@ -87,10 +94,10 @@ train pan-lora-vz $X/motion-lora-pan-left-vz.yaml
 python -m zoetrope.world.bundled --vae "$RUNS/vae-decoder-styles/vae.safetensors" \
     model="$RUNS/image-vz/model.safetensors" \
     personalized_model="$RUNS/personalize-vz/model.safetensors" \
-    motion_module="$RUNS/curr-weak/motion_module.safetensors" \
+    motion_module="$RUNS/captions-vz/motion_module.safetensors" \
     domain_adapter="$RUNS/adapter-vz/domain_adapter.safetensors" \
     motion_lora_zoom_in="$RUNS/zoom-lora-vz/motion_lora.safetensors" \
     motion_lora_pan_left="$RUNS/pan-lora-vz/motion_lora.safetensors" \
-    sparsectrl_rgb="$RUNS/sc-rgb-vz/sparse_control.safetensors" \
-    sparsectrl_sketch="$RUNS/sc-sketch-vz/sparse_control.safetensors"
+    sparsectrl_rgb="$RUNS/sc-rgb-capt/sparse_control.safetensors" \
+    sparsectrl_sketch="$RUNS/sc-sketch-capt/sparse_control.safetensors"
 du -ch zoetrope/assets/world/*.safetensors | tail -n1
