@@ -76,3 +76,11 @@ def test_keyframe_replacement_errors(pipeline) -> None:
         prepare_control(pipeline, _encoder(pipeline, "sketch", False), [(0, image)], 4, 32, 32, replace=0.5)
     with pytest.raises(InputError, match=r"\[0, 1\]"):
         prepare_control(pipeline, _encoder(pipeline, "rgb", False), [(0, image)], 4, 32, 32, replace=1.5)
+
+
+def test_encoder_in_another_dtype_is_refused_by_name(pipeline) -> None:
+    """A float16 file loaded beside a float32 pipeline: a clear error with the fix, not a matmul dtype error."""
+    encoder = _encoder(pipeline, "rgb", False).to(torch.float16)
+    with pytest.raises(InputError, match=r"encoder.to\(device=pipeline.device, dtype=pipeline.dtype\)"):
+        prepare_control(pipeline, encoder, [(0, torch.rand(3, 32, 32))], 4, 32, 32)
+    assert prepare_control(pipeline, encoder.float(), [(0, torch.rand(3, 32, 32))], 4, 32, 32).mask[0, 0, :, 0, 0].tolist() == [1.0, 0.0, 0.0, 0.0]

@@ -45,6 +45,21 @@ def _image_tensor(image: str | os.PathLike | torch.Tensor, width: int, height: i
     return torch.from_numpy(np.ascontiguousarray(pixels)).float().div(255.0).permute(2, 0, 1)
 
 
+def _check_placement(pipeline: VideoPipeline, encoder: torch.nn.Module) -> None:
+    """Refuse an encoder on another device or dtype than the pipeline up front: `load_sparse_control` returns the
+    file's dtype (float16 for the bundled encoders), and the mismatch would otherwise surface as a matmul dtype
+    error deep inside the first sampling step."""
+    parameter = next(encoder.parameters(), None)
+    if parameter is None:
+        return
+    if parameter.dtype != pipeline.dtype or parameter.device.type != torch.device(pipeline.device).type:
+        raise InputError(
+            f"the SparseCtrl encoder is on {parameter.device.type} / {parameter.dtype} but the pipeline runs on "
+            f"{torch.device(pipeline.device).type} / {pipeline.dtype}; move it first: "
+            "encoder.to(device=pipeline.device, dtype=pipeline.dtype)"
+        )
+
+
 def prepare_control(
     pipeline: VideoPipeline,
     encoder: torch.nn.Module,
@@ -63,6 +78,7 @@ def prepare_control(
     """
     if not keyframes:
         raise InputError("SparseCtrl needs at least one --keyframe INDEX:IMAGE")
+    _check_placement(pipeline, encoder)
     replacement_steps(replace, 1)  # range check before any encoding
     if replace and encoder.config.conditioning_channels != 4:
         raise InputError(
