@@ -26,7 +26,8 @@ Measured (targets in brackets):
 - interpolation centroid error: the object's centroid in the generated middle frame (the mean of the two middle
   frames for even lengths) vs the straight-line midpoint of the keyframes' object centroids, in pixels (<= 3 px),
   with the middle frame's spread ratio beside it (~1: one object on the path; ~2: a cross-fade of the keyframes,
-  which also puts the centroid on the midpoint);
+  which also puts the centroid on the midpoint), and the error split into its parts along the path (mean absolute,
+  and mean signed "lead": > 0 the object is ahead of the midpoint) and across it (off the straight line);
 - keyframe centroid error: the generated object's centroid at each keyframe vs the keyframe's, in pixels (no
   target; the sketch encoder's counterpart of keyframe PSNR).
 Prints a table and writes JSON. About 15 minutes on 2 CPU cores with the defaults (6 prompts, 20 steps, 1 seed,
@@ -100,9 +101,13 @@ def seam_ratio(clip: np.ndarray, frames: list[int]) -> float:
 
 def centroid_error(
     clip: np.ndarray, first: np.ndarray, last: np.ndarray, config: WorldConfig
-) -> tuple[float, float] | None:
+) -> tuple[float, float, float, float] | None:
     """(distance in px from the generated middle-frame centroid to the midpoint of the keyframes' centroids,
-    the middle frame's spread over the keyframes' spread).
+    the middle frame's spread over the keyframes' spread, the offset along the path, the offset across it).
+
+    The two offsets split the distance: along the first -> last direction (signed; > 0 = ahead of the midpoint, the
+    object got there early; < 0 = lagging) and across it (unsigned: off the straight line). A timing error (easing in
+    or out) shows up along, a curved or wrong path across; both are 0 when the keyframes' centroids coincide.
 
     The spread ratio guards the centroid: a cross-fade of the two keyframes also has its centroid on the midpoint,
     but two half-faded copies spread ~2x as far from it as one object (`Track.spread`); ~1 means one object moved.
@@ -116,7 +121,12 @@ def centroid_error(
     target = np.array([keys.centre_x.mean(), keys.centre_y.mean()])
     found = np.array([generated.centre_x[middle].mean(), generated.centre_y[middle].mean()])
     spread = float(generated.spread[middle].mean() / max(keys.spread.mean(), 1e-6))
-    return float(np.linalg.norm(found - target)), spread
+    path = np.array([keys.centre_x[1] - keys.centre_x[0], keys.centre_y[1] - keys.centre_y[0]])
+    length = float(np.linalg.norm(path))
+    offset = found - target
+    along = float(offset @ path) / length if length > 1e-6 else 0.0
+    across = abs(float(offset[0] * path[1] - offset[1] * path[0])) / length if length > 1e-6 else 0.0
+    return float(np.linalg.norm(offset)), spread, along, across
 
 
 @torch.no_grad()
@@ -138,6 +148,8 @@ def evaluate(pipe, encoder, clips: list[tuple[str, np.ndarray]], args, config: W
     results: dict = {}
     for task, indices in TASKS.items():
         psnrs, seams, errors, spreads, failures, per_prompt, placed = [], [], [], [], 0, [], []
+        alongs: list[float | None] = []
+        acrosses: list[float | None] = []
         for prompt, truth in clips:
             frames = [index % len(truth) for index in indices]
             keyframes = list(zip(indices, keyframe_images(truth, frames, encoder.config.condition)))
@@ -160,11 +172,17 @@ def evaluate(pipe, encoder, clips: list[tuple[str, np.ndarray]], args, config: W
                     failures += measured is None
                     errors.append(None if measured is None else measured[0])
                     spreads.append(None if measured is None else measured[1])
-                    per_prompt[-1].update(centroid_error=errors[-1], spread=spreads[-1])
+                    alongs.append(None if measured is None else measured[2])
+                    acrosses.append(None if measured is None else measured[3])
+                    per_prompt[-1].update(centroid_error=errors[-1], spread=spreads[-1], along=alongs[-1],
+                                          across=acrosses[-1])
         results[task] = {"keyframe_psnr": mean(psnrs), "seam_ratio": mean(seams), "keyframe_centroid_error": mean(placed)}
         if task == "interpolation":
             results[task]["centroid_error"] = mean(errors)
             results[task]["middle_spread_ratio"] = mean(spreads)
+            results[task]["path_lead"] = mean(alongs)  # signed: > 0 ahead of the midpoint, < 0 lagging
+            results[task]["path_along"] = mean([None if value is None else abs(value) for value in alongs])
+            results[task]["path_across"] = mean(acrosses)
             results[task]["centroid_untracked"] = failures
         results[task]["per_prompt"] = per_prompt
     return results
@@ -184,7 +202,8 @@ def table(results: dict) -> str:
     header = f"{'task':14s} {'metric':16s} " + " ".join(f"{name:>14s}" for name in names) + f" {'target':>8s}"
     rows = [header, "-" * len(header)]
     for task in TASKS:
-        for metric in ("keyframe_psnr", "keyframe_centroid_error", "seam_ratio", "centroid_error", "middle_spread_ratio"):
+        for metric in ("keyframe_psnr", "keyframe_centroid_error", "seam_ratio", "centroid_error", "path_along",
+                       "path_across", "path_lead", "middle_spread_ratio"):
             if metric not in results["encoders"][names[0]][task]:
                 continue
             cells = []

@@ -240,5 +240,12 @@ def test_sparsectrl_bench_conditions_and_keyframe_placement_on_rendered_truth() 
     assert bench.keyframe_centroid_errors(truth, truth, [0, 15], config) == [0.0, 0.0]
     shifted = np.roll(truth, 5, axis=2)  # the object 5 px further right in every frame
     assert all(abs(error - 5.0) < 0.5 for error in bench.keyframe_centroid_errors(shifted, truth, [0, 15], config))
-    error, spread = bench.centroid_error(truth, truth[0], truth[-1], config)
-    assert error < 1.0 and abs(spread - 1.0) < 0.2
+    error, spread, along, across = bench.centroid_error(truth, truth[0], truth[-1], config)
+    assert error < 1.0 and abs(spread - 1.0) < 0.2 and abs(along) < 1.0 and across < 1.0
+    ahead, aside = truth.copy(), truth.copy()
+    ahead[7:9] = np.roll(truth[7:9], 5, axis=2)  # the middle frames 5 px further along the rightward path
+    aside[7:9] = np.roll(truth[7:9], 4, axis=1)  # ... or 4 px below it
+    error, _, along, across = bench.centroid_error(ahead, truth[0], truth[-1], config)
+    assert abs(along - 5.0) < 1.0 and across < 1.0 and abs(error - 5.0) < 1.0
+    error, _, along, across = bench.centroid_error(aside, truth[0], truth[-1], config)
+    assert abs(along) < 1.0 and abs(across - 4.0) < 1.0
