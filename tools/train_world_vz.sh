@@ -86,8 +86,9 @@ train sparsectrl-sketch-vz $X/sparsectrl-sketch-vz.yaml
 # ... continued against the shipped module (seventeenth session)
 train sparsectrl-rgb-captions $X/sparsectrl-rgb-captions.yaml
 train sparsectrl-sketch-captions $X/sparsectrl-sketch-captions.yaml
-train zoom-lora-vz $X/motion-lora-zoom-in-vz.yaml
-train pan-lora-vz $X/motion-lora-pan-left-vz.yaml
+# MotionLoRAs against the shipped module (eighteenth session; the -vz configs they extend trained against stage 5)
+train zoom-lora-capt $X/motion-lora-zoom-in-captions.yaml
+train pan-lora-capt $X/motion-lora-pan-left-captions.yaml
 
 # 3. Install (float16 copies; the decoder fine-tune goes inside both image models).
 [ "${SKIP_INSTALL:-0}" = 1 ] && exit 0
@@ -96,8 +97,8 @@ python -m zoetrope.world.bundled --vae "$RUNS/vae-decoder-styles/vae.safetensors
     personalized_model="$RUNS/personalize-vz/model.safetensors" \
     motion_module="$RUNS/captions-vz/motion_module.safetensors" \
     domain_adapter="$RUNS/adapter-vz/domain_adapter.safetensors" \
-    motion_lora_zoom_in="$RUNS/zoom-lora-vz/motion_lora.safetensors" \
-    motion_lora_pan_left="$RUNS/pan-lora-vz/motion_lora.safetensors" \
+    motion_lora_zoom_in="$RUNS/zoom-lora-capt/motion_lora.safetensors" \
+    motion_lora_pan_left="$RUNS/pan-lora-capt/motion_lora.safetensors" \
     sparsectrl_rgb="$RUNS/sc-rgb-capt/sparse_control.safetensors" \
     sparsectrl_sketch="$RUNS/sc-sketch-capt/sparse_control.safetensors"
 du -ch zoetrope/assets/world/*.safetensors | tail -n1
