@@ -86,8 +86,9 @@ train sparsectrl-sketch-vz $X/sparsectrl-sketch-vz.yaml
 # ... continued against the shipped module (seventeenth session)
 train sparsectrl-rgb-captions $X/sparsectrl-rgb-captions.yaml
 train sparsectrl-sketch-captions $X/sparsectrl-sketch-captions.yaml
-# ... and the RGB encoder 1,000 more steps, half of them at high noise (eighteenth session: the path target)
+# ... and both 1,000 more steps, half of them at high noise (eighteenth session: the interpolation path)
 train sparsectrl-rgb-highnoise $X/sparsectrl-rgb-highnoise.yaml
+train sparsectrl-sketch-highnoise $X/sparsectrl-sketch-highnoise.yaml
 # MotionLoRAs against the shipped module (eighteenth session; the -vz configs they extend trained against stage 5)
 train zoom-lora-capt $X/motion-lora-zoom-in-captions.yaml
 train pan-lora-capt $X/motion-lora-pan-left-captions.yaml
@@ -102,5 +103,5 @@ python -m zoetrope.world.bundled --vae "$RUNS/vae-decoder-styles/vae.safetensors
     motion_lora_zoom_in="$RUNS/zoom-lora-capt/motion_lora.safetensors" \
     motion_lora_pan_left="$RUNS/pan-lora-capt/motion_lora.safetensors" \
     sparsectrl_rgb="$RUNS/sc-rgb-hn/sparse_control.safetensors" \
-    sparsectrl_sketch="$RUNS/sc-sketch-capt/sparse_control.safetensors"
+    sparsectrl_sketch="$RUNS/sc-sketch-hn/sparse_control.safetensors"
 du -ch zoetrope/assets/world/*.safetensors | tail -n1
