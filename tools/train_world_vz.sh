@@ -2,7 +2,7 @@
 # Train the bundled shapes-world model (the zero-terminal-SNR lineage, shipped since the sixteenth session) with the
 # project's own commands and install it into the package (zoetrope/assets/world/). Run from the repository root:
 #     TRAIL=0 bash tools/train_world.sh        # first: the 52-minute lineage every stage here starts from (runs/world/)
-#     bash tools/train_world_vz.sh             # then this (~11 CPU hours on 2 cores, docs/world-training.md)
+#     bash tools/train_world_vz.sh             # then this (~12.6 CPU hours on 2 cores, docs/world-training.md)
 # Every stage's wall time goes to runs/exp/times.tsv, its log to runs/exp/logs/. Each stage is a config file under
 # configs/world/experiments/ (its header says what it is for and what it measured); the chain:
 #   image-vpred-ztsnr (the base image model converted to v-prediction with zero terminal SNR)
