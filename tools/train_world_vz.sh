@@ -74,9 +74,8 @@ fi
 for stage in 1-leftright 2-leftright-high-noise 3-translations 4-all-motions 5-weak-motions; do
     train "curriculum-$stage" "$X/curriculum-$stage.yaml"
 done
-# The shipped module (seventeenth session): stage 5 taught prompts without the background phrase. The MotionLoRAs
-# below were trained against stage 5's module (curr-weak) and are used with this one; the SparseCtrl encoders are
-# continued against it.
+# The shipped module (seventeenth session): stage 5 taught prompts without the background phrase. The SparseCtrl
+# encoders are continued against it and the MotionLoRAs trained from it (eighteenth session).
 train captions-vz "$X/motion-captions-vz.yaml"
 train personalize-vz configs/world/personalize.yaml --set output_dir=$RUNS/personalize-vz \
     --set model.image_model=$RUNS/image-vz/model.safetensors

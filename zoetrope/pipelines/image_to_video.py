@@ -52,10 +52,10 @@ def _check_placement(pipeline: VideoPipeline, encoder: torch.nn.Module) -> None:
     parameter = next(encoder.parameters(), None)
     if parameter is None:
         return
-    if parameter.dtype != pipeline.dtype or parameter.device.type != torch.device(pipeline.device).type:
+    if parameter.dtype != pipeline.dtype or parameter.device.type != pipeline.device.type:
         raise InputError(
             f"the SparseCtrl encoder is on {parameter.device.type} / {parameter.dtype} but the pipeline runs on "
-            f"{torch.device(pipeline.device).type} / {pipeline.dtype}; move it first: "
+            f"{pipeline.device.type} / {pipeline.dtype}; move it first: "
             "encoder.to(device=pipeline.device, dtype=pipeline.dtype)"
         )
 
