@@ -273,3 +273,15 @@ def test_world_make_with_a_motion_trail(tmp_path, capsys) -> None:
     assert manifest["config"]["trail_alpha"] == 0.25 and manifest["num_images"] == 4
     assert main(["world", "make", str(tmp_path / "bad"), "--trail-alpha", "0.9"]) != 0
     assert "trail_alpha" in capsys.readouterr().err
+
+
+def test_world_make_with_a_speed_range(tmp_path, capsys) -> None:
+    out = tmp_path / "speeds"
+    assert main(["world", "make", str(out), "--scale", "0.01", "--speed-range", "0.15", "0.7"]) == 0
+    manifest = json.loads((out / "world.json").read_text())
+    assert manifest["config"]["speed_range"] == [0.15, 0.7]
+    specs = [json.loads(line) for line in (out / "videos.jsonl").read_text().splitlines()]
+    moving = [row for row in specs if row["motion"] in ("left", "right", "up", "down")]
+    assert moving and all(0.15 <= row["speed"] <= 0.7 for row in moving)
+    assert main(["world", "make", str(tmp_path / "bad"), "--speed-range", "0.5", "0.2"]) != 0
+    assert "speed_range" in capsys.readouterr().err

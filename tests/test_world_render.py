@@ -209,6 +209,20 @@ def test_spec_for_prompt_matches_the_prompt() -> None:
     assert caption(spec) == prompt and spec.speed != 0
 
 
+@pytest.mark.parametrize("low, high", [(0.1, 0.15), (0.55, 0.7)])
+def test_speed_range_sets_the_travel_of_translations_only(low: float, high: float) -> None:
+    config = WorldConfig(speed_range=(low, high))
+    rng = np.random.default_rng(3)
+    for motion in ("left", "right", "up", "down"):
+        for _ in range(8):
+            spec = sample_clip_spec(rng, config, motions=(motion,))
+            centre_x, centre_y, _, _ = object_track(spec, config)
+            travel = np.hypot(centre_x[-1] - centre_x[0], centre_y[-1] - centre_y[0]) / config.size
+            assert low - 1e-9 <= spec.speed <= high and travel == pytest.approx(spec.speed)
+    rotating = [sample_clip_spec(rng, config, motions=("rotate",)).speed for _ in range(20)]
+    assert all(0.3 <= abs(speed) <= 0.45 for speed in rotating)  # the other motions keep their amplitudes
+
+
 def test_config_and_spec_errors_name_the_field() -> None:
     with pytest.raises(ConfigError, match="WorldConfig.size"):
         WorldConfig(size=16)
@@ -220,6 +234,9 @@ def test_config_and_spec_errors_name_the_field() -> None:
         WorldConfig(trail_alpha=0.5)
     with pytest.raises(ConfigError, match="WorldConfig.trail_length"):
         WorldConfig(trail_length=0.0)
+    for bad in ((0.5, 0.3), (0.0, 0.3), (0.3, 0.9)):
+        with pytest.raises(ConfigError, match="WorldConfig.speed_range.*fit in the frame"):
+            WorldConfig(speed_range=bad)
     with pytest.raises(ConfigError, match="ClipSpec.colour"):
         ClipSpec("square", "pink", "grey")
     with pytest.raises(ConfigError, match="camera"):
