@@ -26,6 +26,7 @@ from zoetrope.media import frames_to_uint8
 from zoetrope.pipelines.load import load_pipeline
 from zoetrope.pipelines.text_to_video import FreeInitSettings, generate
 from zoetrope.sampling.context import SCHEDULES, ContextConfig, context_windows
+from zoetrope.sampling.noise import NOISE_PRIORS
 from zoetrope.world.metrics import PROMPT_SUITE, classify_motion, measure_motion, motion_of, temporal_consistency
 
 
@@ -67,6 +68,10 @@ def main() -> None:
         "--context-mode", choices=("unet", "motion"), default="unet",
         help="windows around the whole UNet or inside the motion modules only (FreeNoise views)",
     )
+    parser.add_argument(
+        "--noise", choices=sorted(NOISE_PRIORS), default=None,
+        help="noise prior of the long clip (default: independent; freenoise_shuffle repeats one window's noise)",
+    )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--prompt", default="a red circle moving right on a grey background")
     parser.add_argument("--suite-limit", type=int, default=8, help="prompts of the suite used for FreeInit")
@@ -105,7 +110,7 @@ def long_motion(pipe, args: argparse.Namespace, seeds: list[int], results: dict)
     for seed in seeds:
         video = generate(
             pipe, args.prompt, num_frames=args.frames, steps=args.steps, seed=seed, context=config,
-            context_mode=args.context_mode, progress=False,
+            context_mode=args.context_mode, noise=args.noise, progress=False,
         )
         clip = to_clips(video.frames)[0]
         whole.append(classify_motion(clip) == "right")
@@ -120,7 +125,7 @@ def long_motion(pipe, args: argparse.Namespace, seeds: list[int], results: dict)
     results["long_segment_motions"] = labels  # what each 16-frame segment reads, per seed: where the motion stops
     results["long_segment_travel_px"] = travel  # horizontal travel of each segment (the threshold: 0.12 x the size)
     print(f"{args.frames}-frame '{args.prompt}' in {args.window}-frame windows ({args.schedule}, dilation <= "
-          f"{args.stride}, {args.context_mode}): 'right' in "
+          f"{args.stride}, {args.context_mode}, noise {args.noise or 'independent'}): 'right' in "
           f"{results['long_motion_accuracy_segments']:.0%} of {args.window}-frame segments, "
           f"{results['long_motion_accuracy_whole']:.0%} of whole clips")
 

@@ -249,3 +249,39 @@ def test_sparsectrl_bench_conditions_and_keyframe_placement_on_rendered_truth() 
     assert abs(along - 5.0) < 1.0 and across < 1.0 and abs(error - 5.0) < 1.0
     error, _, along, across = bench.centroid_error(aside, truth[0], truth[-1], config)
     assert abs(along) < 1.0 and abs(across - 4.0) < 1.0
+
+
+def test_long_video_bench_reads_each_segment_of_a_true_long_clip_and_passes_the_noise_prior(monkeypatch) -> None:
+    """`long_motion` on rendered truth: a 64-frame clip moving right at 0.7 frame widths (11 px per 16 frames, above
+    the 7.7 px threshold) reads "right" in every segment, a still one in none; `--noise` reaches `generate`."""
+    import argparse
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from zoetrope.world.render import ClipSpec, WorldConfig, render_clip
+
+    bench = load_bench("eval_long_video")
+    config = WorldConfig(num_frames=64)
+    calls = []
+
+    def rendered(motion: str):
+        spec = ClipSpec("circle", "red", "grey", motion=motion, x=0.15, y=0.4, radius=0.1, speed=0.7 if motion != "still" else 0.0)
+        video = torch.from_numpy(render_clip(spec, config, video_domain=False)).float().div(255)
+
+        def fake_generate(pipe, prompt, **kwargs):
+            calls.append(kwargs)
+            return SimpleNamespace(frames=video.permute(3, 0, 1, 2)[None])
+
+        return fake_generate
+
+    args = argparse.Namespace(window=16, overlap=4, stride=4, schedule="uniform", frames=64, steps=1,
+                              context_mode="unet", noise="freenoise_shuffle", prompt="a red circle moving right")
+    for motion, expected in (("right", 1.0), ("still", 0.0)):
+        monkeypatch.setattr(bench, "generate", rendered(motion))
+        results: dict = {}
+        bench.long_motion(None, args, [0, 1], results)
+        assert results["long_motion_accuracy_segments"] == expected
+        travel = np.array(results["long_segment_travel_px"])
+        assert travel.shape == (2, 4) and (np.all(travel > 7.7) if motion == "right" else np.all(np.abs(travel) < 1))
+    assert all(call["noise"] == "freenoise_shuffle" and call["context"].stride == 4 for call in calls)
