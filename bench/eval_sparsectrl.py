@@ -162,10 +162,12 @@ def evaluate(pipe, encoder, clips: list[tuple[str, np.ndarray]], args, config: W
                     guidance_scale=args.guidance, seed=seed, control=control, progress=False,
                 )
                 clip = frames_to_uint8(result.frames[0])
-                psnrs += [psnr(clip[frame], truth[frame]) for frame in frames]
+                clip_psnrs = [psnr(clip[frame], truth[frame]) for frame in frames]
+                psnrs += clip_psnrs
                 placed += keyframe_centroid_errors(clip, truth, frames, config)
                 seams.append(seam_ratio(clip, frames))
                 per_prompt.append({"prompt": prompt, "seed": seed, "seam_ratio": seams[-1],
+                                   "keyframe_psnr": [round(value, 2) for value in clip_psnrs],
                                    "median_change": float(np.median(frame_changes(clip)))})
                 if task == "interpolation":
                     measured = centroid_error(clip, truth[0], truth[-1], config)
