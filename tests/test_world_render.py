@@ -237,6 +237,8 @@ def test_config_and_spec_errors_name_the_field() -> None:
     for bad in ((0.5, 0.3), (0.0, 0.3), (0.3, 0.9)):
         with pytest.raises(ConfigError, match="WorldConfig.speed_range.*fit in the frame"):
             WorldConfig(speed_range=bad)
+    with pytest.raises(ConfigError, match="WorldConfig.speed_range.*two numbers"):
+        WorldConfig(speed_range=0.4)
     with pytest.raises(ConfigError, match="ClipSpec.colour"):
         ClipSpec("square", "pink", "grey")
     with pytest.raises(ConfigError, match="camera"):

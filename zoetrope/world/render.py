@@ -160,7 +160,12 @@ class WorldConfig:
 
     def __post_init__(self) -> None:
         self.shapes, self.colours = tuple(self.shapes), tuple(self.colours)
-        self.speed_range = tuple(float(value) for value in self.speed_range)  # type: ignore[assignment]
+        try:
+            self.speed_range = tuple(float(value) for value in self.speed_range)  # type: ignore[assignment]
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"WorldConfig.speed_range: found {self.speed_range!r}, expected two numbers (low, high), e.g. (0.3, 0.45)"
+            ) from None
         self.backgrounds, self.motions = tuple(self.backgrounds), tuple(self.motions)
         if self.size < 32:
             raise ConfigError(f"WorldConfig.size: found {self.size}, expected >= 32 pixels; use a larger size")
