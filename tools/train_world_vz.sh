@@ -2,7 +2,7 @@
 # Train the bundled shapes-world model (the zero-terminal-SNR lineage, shipped since the sixteenth session) with the
 # project's own commands and install it into the package (zoetrope/assets/world/). Run from the repository root:
 #     TRAIL=0 bash tools/train_world.sh        # first: the 52-minute lineage every stage here starts from (runs/world/)
-#     bash tools/train_world_vz.sh             # then this (~12.6 CPU hours on 2 cores, docs/world-training.md)
+#     bash tools/train_world_vz.sh             # then this (~12.9 CPU hours on 2 cores, docs/world-training.md)
 # Every stage's wall time goes to runs/exp/times.tsv, its log to runs/exp/logs/. Each stage is a config file under
 # configs/world/experiments/ (its header says what it is for and what it measured); the chain:
 #   image-vpred-ztsnr (the base image model converted to v-prediction with zero terminal SNR)
@@ -88,6 +88,8 @@ train sparsectrl-sketch-captions $X/sparsectrl-sketch-captions.yaml
 # ... and both 1,000 more steps, half of them at high noise (eighteenth session: the interpolation path)
 train sparsectrl-rgb-highnoise $X/sparsectrl-rgb-highnoise.yaml
 train sparsectrl-sketch-highnoise $X/sparsectrl-sketch-highnoise.yaml
+# ... and the RGB one 1,000 more with first + last keyframes in 40 % of its clips (nineteenth session: interpolation)
+train sparsectrl-rgb-interp2 $X/sparsectrl-rgb-interp2.yaml
 # MotionLoRAs against the shipped module (eighteenth session; the -vz configs they extend trained against stage 5)
 train zoom-lora-capt $X/motion-lora-zoom-in-captions.yaml
 train pan-lora-capt $X/motion-lora-pan-left-captions.yaml
@@ -101,6 +103,6 @@ python -m zoetrope.world.bundled --vae "$RUNS/vae-decoder-styles/vae.safetensors
     domain_adapter="$RUNS/adapter-vz/domain_adapter.safetensors" \
     motion_lora_zoom_in="$RUNS/zoom-lora-capt/motion_lora.safetensors" \
     motion_lora_pan_left="$RUNS/pan-lora-capt/motion_lora.safetensors" \
-    sparsectrl_rgb="$RUNS/sc-rgb-hn/sparse_control.safetensors" \
+    sparsectrl_rgb="$RUNS/sc-rgb-interp2/sparse_control.safetensors" \
     sparsectrl_sketch="$RUNS/sc-sketch-hn/sparse_control.safetensors"
 du -ch zoetrope/assets/world/*.safetensors | tail -n1
