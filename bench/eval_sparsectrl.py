@@ -172,12 +172,12 @@ def evaluate(pipe, encoder, clips: list[tuple[str, np.ndarray]], args, config: W
                 if task == "interpolation":
                     measured = centroid_error(clip, truth[0], truth[-1], config)
                     failures += measured is None
-                    errors.append(None if measured is None else measured[0])
-                    spreads.append(None if measured is None else measured[1])
-                    alongs.append(None if measured is None else measured[2])
-                    acrosses.append(None if measured is None else measured[3])
-                    per_prompt[-1].update(centroid_error=errors[-1], spread=spreads[-1], along=alongs[-1],
-                                          across=acrosses[-1])
+                    error, spread, along, across = measured if measured is not None else (None,) * 4
+                    errors.append(error)
+                    spreads.append(spread)
+                    alongs.append(along)
+                    acrosses.append(across)
+                    per_prompt[-1].update(centroid_error=error, spread=spread, along=along, across=across)
         results[task] = {"keyframe_psnr": mean(psnrs), "seam_ratio": mean(seams), "keyframe_centroid_error": mean(placed)}
         if task == "interpolation":
             results[task]["centroid_error"] = mean(errors)
