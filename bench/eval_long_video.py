@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from zoetrope.media import frames_to_uint8
-from zoetrope.pipelines.load import load_pipeline
+from zoetrope.pipelines.keyframes_first import KeyframesFirst, generate_keyframes_first
+from zoetrope.pipelines.load import WeightedFile, load_pipeline
 from zoetrope.pipelines.text_to_video import FreeInitSettings, generate
 from zoetrope.sampling.context import SCHEDULES, ContextConfig, context_windows
 from zoetrope.sampling.noise import NOISE_PRIORS
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--motion-module", default=None)
     parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1")
     parser.add_argument("--frames", type=int, default=64)
     parser.add_argument("--window", type=int, default=16)
     parser.add_argument("--overlap", type=int, default=4)
@@ -72,6 +74,19 @@ def main() -> None:
         "--noise", choices=sorted(NOISE_PRIORS), default=None,
         help="noise prior of the long clip (default: independent; freenoise_shuffle repeats one window's noise)",
     )
+    parser.add_argument(
+        "--keyframes-first", action="store_true",
+        help="the long clip keyframes first (zoetrope.pipelines.keyframes_first): every k-th frame as one window, then "
+        "contiguous windows with those frames as SparseCtrl RGB keyframes",
+    )
+    parser.add_argument("--control-model", default=None, help="--keyframes-first: RGB SparseCtrl encoder (default: bundled)")
+    parser.add_argument(
+        "--keyframe-lora", default=None, metavar="PATH[:STRENGTH]",
+        help="--keyframes-first: MotionLoRA for the keyframe pass (default: none)",
+    )
+    parser.add_argument("--fill-guidance", type=float, default=4.0, help="--keyframes-first: guidance of the filling pass")
+    parser.add_argument("--control-scale", type=float, default=1.0, help="--keyframes-first: SparseCtrl scale")
+    parser.add_argument("--keyframe-replace", type=float, default=0.3, help="--keyframes-first: keyframe latent replacement")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--prompt", default="a red circle moving right on a grey background")
     parser.add_argument("--suite-limit", type=int, default=8, help="prompts of the suite used for FreeInit")
@@ -88,7 +103,7 @@ def main() -> None:
         args.parts = [part for part in PARTS if part != "freeinit" or not pipe.zero_terminal_snr]
         if "freeinit" not in args.parts:
             print("FreeInit left out: the model has zero terminal SNR (FreeInit needs an epsilon model)")
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     results: dict = {"settings": vars(args)}
 
     if "long" in args.parts:
@@ -103,15 +118,41 @@ def main() -> None:
     print(f"wrote {output}")
 
 
+def keyframes_first_settings(pipe, args: argparse.Namespace):
+    """`KeyframesFirst` from the bench's options (encoder and keyframe-pass LoRA loaded for `pipe`)."""
+    from zoetrope.formats.lora_files import load_motion_lora
+    from zoetrope.formats.sparsectrl import load_sparse_control
+    from zoetrope.world.bundled import bundled_files
+
+    path = args.control_model or bundled_files()["sparsectrl_rgb"]
+    encoder = load_sparse_control(path, pipe.video_unet.image_unet).to(device=pipe.device, dtype=pipe.dtype).eval()
+    lora = None
+    if args.keyframe_lora:
+        item = WeightedFile.parse(args.keyframe_lora)
+        lora = load_motion_lora(item.path, pipe.video_unet.motion_modules, item.strength)
+    return KeyframesFirst(
+        encoder=encoder, motion_lora=lora, control_scale=args.control_scale, replace=args.keyframe_replace,
+        fill_guidance=args.fill_guidance,
+    )
+
+
 def long_motion(pipe, args: argparse.Namespace, seeds: list[int], results: dict) -> None:
-    """1. Long clip in windows (`--stride`, `--schedule`, `--context-mode`): motion direction over its whole length."""
+    """1. Long clip in windows (`--stride`, `--schedule`, `--context-mode`, or `--keyframes-first`): motion direction
+    over its whole length."""
     config = ContextConfig(length=args.window, overlap=args.overlap, stride=args.stride, schedule=args.schedule)
+    keyframes = keyframes_first_settings(pipe, args) if args.keyframes_first else None
     segments, whole, labels, travel = [], [], [], []
     for seed in seeds:
-        video = generate(
-            pipe, args.prompt, num_frames=args.frames, steps=args.steps, seed=seed, context=config,
-            context_mode=args.context_mode, noise=args.noise, progress=False,
-        )
+        if keyframes is not None:
+            video = generate_keyframes_first(
+                pipe, args.prompt, keyframes, num_frames=args.frames, steps=args.steps, seed=seed, context=config,
+                noise=args.noise, progress=False,
+            )
+        else:
+            video = generate(
+                pipe, args.prompt, num_frames=args.frames, steps=args.steps, seed=seed, context=config,
+                context_mode=args.context_mode, noise=args.noise, progress=False,
+            )
         clip = to_clips(video.frames)[0]
         whole.append(classify_motion(clip) == "right")
         starts = range(0, args.frames - args.window + 1, args.window)
@@ -124,8 +165,9 @@ def long_motion(pipe, args: argparse.Namespace, seeds: list[int], results: dict)
     results["long_motion_accuracy_whole"] = float(np.mean(whole))
     results["long_segment_motions"] = labels  # what each 16-frame segment reads, per seed: where the motion stops
     results["long_segment_travel_px"] = travel  # horizontal travel of each segment (the threshold: 0.12 x the size)
-    print(f"{args.frames}-frame '{args.prompt}' in {args.window}-frame windows ({args.schedule}, dilation <= "
-          f"{args.stride}, {args.context_mode}, noise {args.noise or 'independent'}): 'right' in "
+    how = "keyframes first" if args.keyframes_first else f"{args.schedule}, dilation <= {args.stride}, {args.context_mode}"
+    print(f"{args.frames}-frame '{args.prompt}' in {args.window}-frame windows ({how}, noise "
+          f"{args.noise or 'independent'}): 'right' in "
           f"{results['long_motion_accuracy_segments']:.0%} of {args.window}-frame segments, "
           f"{results['long_motion_accuracy_whole']:.0%} of whole clips")
 

@@ -276,7 +276,8 @@ def test_long_video_bench_reads_each_segment_of_a_true_long_clip_and_passes_the_
         return fake_generate
 
     args = argparse.Namespace(window=16, overlap=4, stride=4, schedule="uniform", frames=64, steps=1,
-                              context_mode="unet", noise="freenoise_shuffle", prompt="a red circle moving right")
+                              context_mode="unet", noise="freenoise_shuffle", prompt="a red circle moving right",
+                              keyframes_first=False)
     for motion, expected in (("right", 1.0), ("still", 0.0)):
         monkeypatch.setattr(bench, "generate", rendered(motion))
         results: dict = {}
@@ -285,3 +286,11 @@ def test_long_video_bench_reads_each_segment_of_a_true_long_clip_and_passes_the_
         travel = np.array(results["long_segment_travel_px"])
         assert travel.shape == (2, 4) and (np.all(travel > 7.7) if motion == "right" else np.all(np.abs(travel) < 1))
     assert all(call["noise"] == "freenoise_shuffle" and call["context"].stride == 4 for call in calls)
+    # --keyframes-first: the long clip comes from generate_keyframes_first with the bench's settings
+    fake = rendered("right")
+    monkeypatch.setattr(bench, "keyframes_first_settings", lambda pipe, options: "settings")
+    monkeypatch.setattr(bench, "generate_keyframes_first", lambda pipe, prompt, settings, **kwargs: fake(pipe, prompt, settings=settings, **kwargs))
+    monkeypatch.setattr(bench, "generate", None)  # not called
+    results = {}
+    bench.long_motion(None, argparse.Namespace(**{**vars(args), "keyframes_first": True}), [0], results)
+    assert results["long_motion_accuracy_segments"] == 1.0 and calls[-1]["settings"] == "settings"

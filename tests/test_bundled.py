@@ -33,6 +33,7 @@ def test_each_bundled_file_is_the_kind_its_role_says() -> None:
         "domain_adapter": "domain_adapter",
         "motion_lora_zoom_in": "motion_lora",
         "motion_lora_pan_left": "motion_lora",
+        "motion_lora_fast": "motion_lora",
         "sparsectrl_rgb": "sparsectrl",
         "sparsectrl_sketch": "sparsectrl",
     }
@@ -166,3 +167,26 @@ def test_generate_with_the_bundled_rgb_encoder_reproduces_the_first_frame(tmp_pa
     frames, _ = read_video(output)
     error = float(np.mean((frames[0].astype(np.float64) - first.astype(np.float64)) ** 2))
     assert 10 * math.log10(255.0**2 / error) >= FIRST_FRAME_PSNR
+
+
+def test_keyframes_first_with_the_bundle_moves_through_the_whole_clip(tmp_path, monkeypatch) -> None:
+    """`--keyframes-first` with no model argument: the bundled fast-motion LoRA draws the keyframes (recorded in the
+    sidecar) and the bundled RGB encoder fills the clip; a 32-frame "moving right" clip moves right in each half."""
+    import json
+
+    from zoetrope.cli import main
+    from zoetrope.media import read_video
+    from zoetrope.world.metrics import measure_motion, motion_of
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    output = tmp_path / "long.mp4"
+    argv = ["--quiet", "generate", "a red circle moving right on a grey background", "--frames", "32",
+            "--context-length", "16", "--keyframes-first", "--fill-guidance", "4", "--steps", "8", "--seed", "0",
+            "--device", "cpu", "-o", str(output)]
+    assert main(argv) == 0
+    sidecar = json.loads(output.with_name(output.name + ".json").read_text())
+    assert sidecar["keyframes_first"]["motion_lora"] is True and sidecar["keyframes_first"]["keyframes"] == list(range(0, 32, 2))
+    frames, _ = read_video(output)
+    assert frames.shape[0] == 32
+    halves = [measure_motion(frames[:16]), measure_motion(frames[16:])]
+    assert [motion_of(half, 64) for half in halves] == ["right", "right"], [round(h.dx, 1) for h in halves]

@@ -285,3 +285,26 @@ def test_world_make_with_a_speed_range(tmp_path, capsys) -> None:
     assert moving and all(0.15 <= row["speed"] <= 0.7 for row in moving)
     assert main(["world", "make", str(tmp_path / "bad"), "--speed-range", "0.5", "0.2"]) != 0
     assert "speed_range" in capsys.readouterr().err
+
+
+def test_generate_keyframes_first(files, sparsectrl_file, tmp_path, capsys) -> None:
+    model, motion = files
+    encoder, _ = sparsectrl_file
+    common = ["--model", str(model), "--motion-module", str(motion), "--frames", "6", "--width", "32", "--height", "32",
+              "--steps", "2", "--seed", "5"]
+    out = tmp_path / "long.gif"
+    assert main(["generate", "a red circle", *common, "--context-length", "4", "--context-overlap", "2",
+                 "--keyframes-first", "--control-model", str(encoder), "--fill-guidance", "4", "-o", str(out)]) == 0
+    assert _frame_count(out) == 6
+    sidecar = json.loads(out.with_name(out.name + ".json").read_text())
+    assert sidecar["keyframes_first"]["keyframes"] == [0, 2, 4] and sidecar["guidance_scale"] == 4
+    assert sidecar["keyframes_first"]["replace"] == 0.3 and sidecar["keyframes_first"]["motion_lora"] is False
+    refusals = [
+        ([], "add --context-length"),
+        (["--context-length", "4", "--context-overlap", "2", "--control", "rgb"], "makes its own keyframes"),
+        (["--context-length", "4", "--context-overlap", "2", "--keyframe-spacing", "1"], "spacing of at least 2"),
+    ]
+    for extra, message in refusals:
+        code = main(["generate", "x", *common, "--keyframes-first", "--control-model", str(encoder), *extra,
+                     "-o", str(tmp_path / "bad.gif")])
+        assert code == 2 and message in capsys.readouterr().err

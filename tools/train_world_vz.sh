@@ -2,7 +2,7 @@
 # Train the bundled shapes-world model (the zero-terminal-SNR lineage, shipped since the sixteenth session) with the
 # project's own commands and install it into the package (zoetrope/assets/world/). Run from the repository root:
 #     TRAIL=0 bash tools/train_world.sh        # first: the 52-minute lineage every stage here starts from (runs/world/)
-#     bash tools/train_world_vz.sh             # then this (~12.9 CPU hours on 2 cores, docs/world-training.md)
+#     bash tools/train_world_vz.sh             # then this (~13.2 CPU hours on 2 cores, docs/world-training.md)
 # Every stage's wall time goes to runs/exp/times.tsv, its log to runs/exp/logs/. Each stage is a config file under
 # configs/world/experiments/ (its header says what it is for and what it measured); the chain:
 #   image-vpred-ztsnr (the base image model converted to v-prediction with zero terminal SNR)
@@ -48,6 +48,9 @@ if [ -z "${FROM:-}" ]; then
     subset leftright "moving (left|right)"
     subset lrud "moving (left|right|up|down)"
     subset weak3x "moving (up|down)|growing|rotating" 2
+    # The fast world of the keyframes-first LoRA: its left/right/up/down clips only.
+    [ -f "$DATA/fast/videos.csv" ] || zoetrope world make "$DATA/fast" --preset base --scale 2 --seed 6 --speed-range 0.5 0.7
+    (head -1 "$DATA/fast/videos.csv"; grep -E "moving (left|right|up|down)" "$DATA/fast/videos.csv") > "$DATA/fast/translations.csv"
     mkdir -p "$DATA/vae-mix/images"
     for world in plain pastel; do
         for file in "$DATA/$world"/images/*.png; do
@@ -93,6 +96,7 @@ train sparsectrl-rgb-interp2 $X/sparsectrl-rgb-interp2.yaml
 # MotionLoRAs against the shipped module (eighteenth session; the -vz configs they extend trained against stage 5)
 train zoom-lora-capt $X/motion-lora-zoom-in-captions.yaml
 train pan-lora-capt $X/motion-lora-pan-left-captions.yaml
+train fast-lora $X/motion-lora-fast.yaml
 
 # 3. Install (float16 copies; the decoder fine-tune goes inside both image models).
 [ "${SKIP_INSTALL:-0}" = 1 ] && exit 0
@@ -103,6 +107,7 @@ python -m zoetrope.world.bundled --vae "$RUNS/vae-decoder-styles/vae.safetensors
     domain_adapter="$RUNS/adapter-vz/domain_adapter.safetensors" \
     motion_lora_zoom_in="$RUNS/zoom-lora-capt/motion_lora.safetensors" \
     motion_lora_pan_left="$RUNS/pan-lora-capt/motion_lora.safetensors" \
+    motion_lora_fast="$RUNS/fast-lora/motion_lora.safetensors" \
     sparsectrl_rgb="$RUNS/sc-rgb-interp2/sparse_control.safetensors" \
     sparsectrl_sketch="$RUNS/sc-sketch-hn/sparse_control.safetensors"
 du -ch zoetrope/assets/world/*.safetensors | tail -n1

@@ -98,6 +98,19 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--context-mode", choices=("unet", "motion"), default="unet", help="windows around the whole UNet (memory bounded) or inside the motion modules only (FreeNoise)")
     group.add_argument("--closed-loop", action="store_true", help="let windows wrap from the last frame to the first (looping video)")
     group.add_argument("--show-windows", action="store_true", help="print the windows of every step")
+    group.add_argument(
+        "--keyframes-first", action="store_true",
+        help="draw every k-th frame as one window first (k = --keyframe-spacing), then fill the clip in context windows "
+        "with those frames as SparseCtrl RGB keyframes (--control-model; default: the bundled RGB encoder); needs "
+        "--context-length",
+    )
+    group.add_argument("--keyframe-spacing", type=int, default=None, help="frames between the keyframes of --keyframes-first (default: frames / context length, rounded up)")
+    group.add_argument(
+        "--keyframe-lora", default=None, metavar="PATH[:STRENGTH]",
+        help="MotionLoRA merged in while --keyframes-first draws its keyframes (default for the bundled model: its "
+        "fast-motion LoRA, because the keyframes lie k frames apart; 'none' for none)",
+    )
+    group.add_argument("--fill-guidance", type=float, default=None, help="guidance while --keyframes-first fills the clip (default: --guidance)")
     group = parser.add_argument_group("prompt travel")
     group.add_argument("--prompt-at", action="append", default=[], metavar='FRAME:"TEXT"', help="prompt keyed at a frame (negative = from the end); repeatable; PROMPT then becomes the head text")
     group.add_argument("--negative-at", action="append", default=[], metavar='FRAME:"TEXT"', help="negative prompt keyed at a frame")
@@ -119,7 +132,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--control-model", default=None, help="SparseCtrl encoder file (default: the bundled one for the bundled model)")
     group.add_argument("--keyframe", action="append", default=[], metavar="INDEX:IMAGE", help="keyframe image at a frame (negative = from the end); repeatable")
     group.add_argument("--control-scale", type=float, default=1.0)
-    group.add_argument("--keyframe-replace", type=float, default=0.0, metavar="FRACTION", help="RGB keyframes: also paste each keyframe's re-noised latent into the video for this fraction of the first steps (0 = off, the official behaviour; 0.5 brings the bundled encoder from 17 to 25 dB at the keyframe)")
+    group.add_argument("--keyframe-replace", type=float, default=None, metavar="FRACTION", help="RGB keyframes: also paste each keyframe's re-noised latent into the video for this fraction of the first steps (default 0 = off, the official behaviour; 0.5 brings the bundled encoder from 17 to 25 dB at the keyframe; --keyframes-first: default 0.3)")
     group.add_argument("--normalize-sketch", action="store_true", help="grey + min-max normalise sketches (official normalize_condition_images)")
 
 
@@ -184,7 +197,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     if not args.prompt and not args.prompt_at:
         raise ConfigError("give a PROMPT, or keyed prompts with --prompt-at FRAME:TEXT")
-    if (args.keyframe or args.keyframe_replace) and not args.control:
+    if (args.keyframe or args.keyframe_replace) and not args.control and not args.keyframes_first:
         raise ConfigError("--keyframe and --keyframe-replace steer SparseCtrl; add --control rgb (or sketch)")
     pipeline = load_pipeline(
         args.model, args.motion_module, motion_loras=args.motion_lora, loras=args.lora, adapter=args.adapter,
@@ -205,6 +218,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
         settings.pop("num_frames")
         result = video_to_video(pipeline, args.video, prompt, strength=args.strength, **settings)
         fps = args.fps or int(round(result.settings.extras.get("fps", fps)))
+    elif args.keyframes_first:
+        from zoetrope.pipelines.keyframes_first import generate_keyframes_first
+
+        if "context" not in settings:
+            raise ConfigError("--keyframes-first fills the clip in context windows; add --context-length (16 for v1-v3)")
+        if args.control or args.keyframe:
+            raise ConfigError("--keyframes-first makes its own keyframes; drop --control / --keyframe (the encoder is --control-model)")
+        if args.context_mode != "unet":
+            raise ConfigError("--keyframes-first fills the clip in windows around the whole UNet; drop --context-mode motion")
+        prompt = settings.pop("prompt")
+        settings.pop("context_mode")
+        result = generate_keyframes_first(pipeline, prompt, _keyframes_first(args, pipeline), **settings)
     else:
         if args.control:
             settings["control"] = _control(args, pipeline)
@@ -228,7 +253,31 @@ def _control(args: argparse.Namespace, pipeline):
     size = pipeline.default_size
     return _sparse_control(
         pipeline, path, keyframes, args.frames, args.width or size, args.height or size, scale=args.control_scale,
-        normalize=args.normalize_sketch, condition=args.control, option="--control", replace=args.keyframe_replace,
+        normalize=args.normalize_sketch, condition=args.control, option="--control", replace=args.keyframe_replace or 0.0,
+    )
+
+
+def _keyframes_first(args: argparse.Namespace, pipeline):
+    """`KeyframesFirst` from the command line: the RGB encoder (default: bundled) and the keyframe pass's MotionLoRA
+    (default: the bundled fast-motion LoRA when the model is the bundled one)."""
+    from zoetrope.formats.lora_files import load_motion_lora
+    from zoetrope.formats.sparsectrl import load_sparse_control
+    from zoetrope.pipelines.keyframes_first import KeyframesFirst
+    from zoetrope.pipelines.load import WeightedFile
+    from zoetrope.world.bundled import bundled_files
+
+    encoder_path = args.control_model or bundled_files()["sparsectrl_rgb"]
+    encoder = load_sparse_control(encoder_path, pipeline.video_unet.image_unet).to(device=pipeline.device, dtype=pipeline.dtype).eval()
+    lora_spec = args.keyframe_lora
+    if lora_spec is None and args.model is None and args.motion_module is None:
+        lora_spec = str(bundled_files()["motion_lora_fast"])
+    lora = None
+    if lora_spec and lora_spec.lower() != "none":
+        item = WeightedFile.parse(lora_spec)
+        lora = load_motion_lora(item.path, pipeline.video_unet.motion_modules, item.strength)
+    return KeyframesFirst(
+        encoder=encoder, spacing=args.keyframe_spacing, motion_lora=lora, control_scale=args.control_scale,
+        replace=0.3 if args.keyframe_replace is None else args.keyframe_replace, fill_guidance=args.fill_guidance,
     )
 
 

@@ -32,12 +32,14 @@ BUNDLED_FILES: dict[str, str] = {
     "domain_adapter": "domain_adapter.safetensors",
     "motion_lora_zoom_in": "motion_lora_zoom_in.safetensors",
     "motion_lora_pan_left": "motion_lora_pan_left.safetensors",
+    "motion_lora_fast": "motion_lora_fast.safetensors",
     "sparsectrl_rgb": "sparsectrl_rgb.safetensors",
     "sparsectrl_sketch": "sparsectrl_sketch.safetensors",
 }
 """Role -> file name in `zoetrope/assets/world/`. `model` + `motion_module` are what `zoetrope generate` uses by
-default; the personalised model (pastel style, trigger "zxq"), the domain adapter, the two MotionLoRAs and the two
-SparseCtrl encoders (`generate --control rgb|sketch` with no `--control-model`) are there to try the other
+default; the personalised model (pastel style, trigger "zxq"), the domain adapter, the two camera MotionLoRAs, the
+fast-motion MotionLoRA (the keyframe pass of `generate --keyframes-first`) and the two SparseCtrl encoders
+(`generate --control rgb|sketch` with no `--control-model`) are there to try the other
 AnimateDiff parts without downloading anything."""
 
 SIZE_LIMIT_BYTES = 40 * 1024 * 1024

@@ -1,0 +1,110 @@
+"""Keyframes-first long videos: keyframe choice, the two passes, the keyframe-pass MotionLoRA, and refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_tiny_pipeline, tiny_motion_config
+from zoetrope.adapters.lora import inject_lora
+from zoetrope.errors import ConfigError, InputError
+from zoetrope.models.sparse_control import SparseControlConfig, SparseControlEncoder
+from zoetrope.pipelines.keyframes_first import KeyframesFirst, generate_keyframes_first, keyframe_indices
+from zoetrope.pipelines.text_to_video import generate, initial_noise
+from zoetrope.sampling.context import ContextConfig
+
+SMALL = dict(num_frames=6, width=32, height=32, steps=2, seed=5, progress=False)
+CONTEXT = ContextConfig(length=4, overlap=2)
+KEYS = [0, 2, 4]
+
+
+def _encoder(pipeline, condition: str = "rgb") -> SparseControlEncoder:
+    motion = tiny_motion_config(attentions_per_block=1, mid_block=False)
+    config = SparseControlConfig(condition=condition, motion=motion, embedding_channels=(8, 16, 16, 32))
+    return SparseControlEncoder.from_unet(pipeline.video_unet.image_unet, config).eval()
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    return make_tiny_pipeline()
+
+
+@pytest.fixture(scope="module")
+def encoder(pipeline):
+    return _encoder(pipeline)
+
+
+@pytest.fixture(scope="module")
+def pasted(pipeline, encoder):
+    """A clip whose keyframes are pasted in at every step (replace=1), latents returned."""
+    return generate_keyframes_first(
+        pipeline, "a red circle", KeyframesFirst(encoder, replace=1.0), context=CONTEXT, return_latents=True,
+        decode=False, **SMALL,
+    )
+
+
+def test_keyframe_indices() -> None:
+    assert keyframe_indices(64, 16) == list(range(0, 64, 4))
+    assert keyframe_indices(65, 16) == list(range(0, 65, 5))  # 17 frames at spacing 4 would not fit one window
+    assert keyframe_indices(64, 16, 6) == [0, 6, 12, 18, 24, 30, 36, 42, 48, 54, 60]
+    with pytest.raises(ConfigError, match="at least 4"):
+        keyframe_indices(64, 16, 3)
+    with pytest.raises(InputError, match="fit one 16-frame window"):
+        keyframe_indices(16, 16)
+
+
+def test_keyframe_pass_sets_the_keyframes(pipeline, pasted) -> None:
+    """With the keyframes pasted in at every step the result's keyframes are (nearly) the keyframe pass's frames,
+    drawn from the long clip's own noise at those frames; the frames between them are not copies."""
+    assert pasted.settings.extras["keyframes_first"]["keyframes"] == KEYS
+    assert pasted.latents.shape[2] == 6
+    noise = initial_noise([5], (4, 6, 4, 4), pipeline.device, pipeline.dtype)
+    keys = generate(
+        pipeline, "a red circle", num_frames=3, width=32, height=32, steps=2, seed=5, progress=False,
+        latents=noise[:, :, KEYS], return_latents=True, decode=False,
+    ).latents
+    at_keys = (pasted.latents[:, :, KEYS] - keys).abs().mean().item()
+    between = (pasted.latents[:, :, [1, 3, 5]] - keys).abs().mean().item()
+    assert at_keys < 0.25 * between
+
+
+def test_keyframe_lora_is_merged_for_the_keyframe_pass_only(pipeline, encoder, pasted) -> None:
+    modules = pipeline.video_unet.motion_modules
+    before = {name: value.clone() for name, value in modules.state_dict().items()}
+    lora = inject_lora(modules, r"to_(q|k|v)$", rank=2, freeze_base=False)
+    lora.detach()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, layer in lora.named_layers():
+            layer.up.copy_(torch.randn(layer.up.shape, generator=generator) * 0.5)
+    with_lora = generate_keyframes_first(
+        pipeline, "a red circle", KeyframesFirst(encoder, replace=1.0, motion_lora=lora), context=CONTEXT,
+        decode=False, return_latents=True, **SMALL,
+    )
+    assert (with_lora.latents - pasted.latents).abs().max().item() > 1e-3
+    after = modules.state_dict()
+    assert all(torch.allclose(after[name], value, atol=1e-6) for name, value in before.items())
+    assert with_lora.settings.extras["keyframes_first"]["motion_lora"] is True
+
+
+def test_refusals(pipeline, encoder) -> None:
+    with pytest.raises(ConfigError, match="RGB SparseCtrl encoder"):
+        generate_keyframes_first(pipeline, "a", KeyframesFirst(_encoder(pipeline, "sketch")), context=CONTEXT, **SMALL)
+    with pytest.raises(InputError, match="prompt travel"):
+        generate_keyframes_first(pipeline, {0: "a", 4: "b"}, KeyframesFirst(encoder), context=CONTEXT, **SMALL)
+    with pytest.raises(InputError, match="freeinit"):
+        generate_keyframes_first(pipeline, "a", KeyframesFirst(encoder), context=CONTEXT, freeinit=object(), **SMALL)
+
+
+def test_per_frame_motion_scale_is_taken_at_the_keyframes(pipeline, encoder) -> None:
+    """A per-frame motion-scale list covers the long clip; the keyframe pass gets the keyframes' entries (a list of
+    the wrong length is refused by name)."""
+    result = generate_keyframes_first(
+        pipeline, "a red circle", KeyframesFirst(encoder), context=CONTEXT, motion_scale=[1.0, 1.1, 1.2, 1.3, 1.4, 1.5],
+        decode=False, return_latents=True, **SMALL,
+    )
+    assert result.latents.shape[2] == 6
+    with pytest.raises(ConfigError, match="3 values given for 6 frames"):
+        generate_keyframes_first(
+            pipeline, "a red circle", KeyframesFirst(encoder), context=CONTEXT, motion_scale=[1.0, 1.1, 1.2], **SMALL
+        )

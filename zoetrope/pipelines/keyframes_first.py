@@ -1,0 +1,189 @@
+"""Long videos keyframes first: draw every k-th frame as one short clip, then fill the frames between with SparseCtrl.
+
+Why a second long-video sampler beside context windows (`zoetrope.sampling.context`): a motion module trained on
+16-frame clips has one idea of how far things move in 16 frames. Contiguous windows each make that whole trip and
+the long clip jumps back at window seams; dilated windows spread the trip, but where many windows overlap their
+predictions disagree and the average stands still (docs/world-training.md, fourteenth and nineteenth sessions).
+Pasting short-clip keyframes into contiguous windows does not help either: the motion module ignores pasted frames,
+and the free frames between them run off at the module's own speed (twentieth session).
+
+Here the long clip's layout is decided once, by one window of keyframes `0, k, 2k, ...` (k = `spacing`) sampled as
+an ordinary short clip, optionally with a MotionLoRA merged in for that pass only (a "fast" LoRA: the keyframes are
+k times further apart in time than the frames the module was trained on). The full clip is then sampled in
+contiguous context windows with those keyframes as SparseCtrl RGB keyframes (and, by default, their latents pasted
+in for the first 30 % of the steps): the encoder was trained to interpolate between keyframes, so every window
+follows the one trajectory. The idea is the coarse-to-fine order of NUWA-XL (Yin et al. 2023) and of the
+keyframe + interpolation cascades (Video LDM, Blattmann et al. 2023), built from AnimateDiff's own parts.
+
+Both passes start from one noise tensor for the whole clip (the keyframe pass takes its frames at the keyframes),
+so a seed gives one result.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+
+from zoetrope.adapters.lora import LoRANetwork
+from zoetrope.errors import ConfigError, InputError
+from zoetrope.pipelines.text_to_video import (
+    SparseControl,
+    VideoPipeline,
+    VideoResult,
+    generate,
+    initial_noise,
+    resolve_seeds,
+)
+from zoetrope.sampling.context import ContextConfig
+from zoetrope.sampling.guidance import motion_scale_schedule
+
+
+@dataclass
+class KeyframesFirst:
+    """Settings of the keyframes-first sampler.
+
+    encoder:        an RGB SparseCtrl encoder for the pipeline's UNet (it reads VAE latents, so the keyframe pass's
+                    latents are its condition as they are: no decode / encode round trip).
+    spacing:        frames between keyframes; None = ceil(num_frames / window length), the closest spacing whose
+                    keyframes fit one window.
+    motion_lora:    a MotionLoRA merged into the motion modules for the keyframe pass only (the bundle's fast-motion
+                    LoRA for the shapes world); None = the motion module as it is.
+    control_scale:  SparseCtrl conditioning scale in the filling pass.
+    replace:        fraction of the filling pass's first steps that paste the keyframes' re-noised latents in
+                    (`zoetrope.sampling.keyframes.keyframe_replacement`); 0 = residuals only.
+    fill_guidance:  classifier-free guidance of the filling pass; None = the keyframe pass's. (SparseCtrl follows
+                    its keyframes better at lower guidance: 4 for the bundled zero-terminal-SNR model.)
+    """
+
+    encoder: torch.nn.Module
+    spacing: int | None = None
+    motion_lora: LoRANetwork | None = None
+    control_scale: float = 1.0
+    replace: float = 0.3
+    fill_guidance: float | None = None
+
+
+def keyframe_indices(num_frames: int, length: int, spacing: int | None = None) -> list[int]:
+    """Frames drawn in the keyframe pass: `0, spacing, 2 * spacing, ...` below `num_frames`, at most `length` of them
+    (they are sampled as one window of the motion module)."""
+    if length < 2:
+        raise ConfigError(f"keyframes first: the window length is {length}; it needs at least 2 frames per window")
+    if num_frames <= length:
+        raise InputError(
+            f"keyframes first: {num_frames} frames fit one {length}-frame window; generate them directly (drop "
+            "--keyframes-first)"
+        )
+    smallest = math.ceil(num_frames / length)
+    if spacing is None:
+        spacing = smallest
+    if not isinstance(spacing, int) or spacing < smallest:
+        raise ConfigError(
+            f"keyframes first: spacing {spacing!r} puts more than {length} keyframes in {num_frames} frames, and the "
+            f"keyframes are sampled as one {length}-frame window; use a spacing of at least {smallest}"
+        )
+    return list(range(0, num_frames, spacing))
+
+
+@contextmanager
+def merged(network: LoRANetwork | None, model: torch.nn.Module) -> Iterator[None]:
+    """Merge `network` into `model` for the duration of the block (nothing if None); unmerged even on error."""
+    if network is None:
+        yield
+        return
+    network.merge(model)
+    try:
+        yield
+    finally:
+        network.unmerge(model)
+
+
+@torch.no_grad()
+def generate_keyframes_first(
+    pipeline: VideoPipeline,
+    prompt: str | Sequence[str],
+    settings: KeyframesFirst,
+    *,
+    num_frames: int,
+    context: ContextConfig,
+    seed: int | Sequence[int] | None = None,
+    guidance_scale: float = 7.5,
+    noise: str | None = None,
+    noise_params: Mapping[str, float] | None = None,
+    progress: bool = True,
+    **kwargs: Any,
+) -> VideoResult:
+    """A `num_frames` clip per prompt, keyframes first (see the module docstring). `context` gives the window length
+    and the filling pass's windows; the other keyword arguments go to both passes of `generate` (steps, width,
+    height, negative_prompt, scheduler, guidance_rescale, motion_scale, ...), except `return_latents` and `decode`,
+    which apply to the filling pass (the keyframe pass always returns latents and never decodes). Returns what `generate` returns, with
+    the keyframe indices and settings in `settings.extras["keyframes_first"]`."""
+    if isinstance(prompt, Mapping) or (not isinstance(prompt, str) and any(isinstance(p, Mapping) for p in prompt)):
+        raise InputError(
+            "keyframes first takes plain prompts; prompt travel (frame-keyed prompts) is not supported by it yet: "
+            "use context windows alone (drop --keyframes-first)"
+        )
+    for name in ("latents", "control", "init_latents", "freeinit", "context_mode"):
+        if kwargs.get(name) is not None:
+            raise InputError(f"keyframes first: `{name}` is not supported (the sampler sets it for each pass)")
+        kwargs.pop(name, None)
+    if getattr(settings.encoder, "config", None) is None or settings.encoder.config.conditioning_channels != 4:
+        raise ConfigError(
+            "keyframes first needs an RGB SparseCtrl encoder (it conditions on the keyframe pass's latents); this "
+            "encoder reads sketches: pass the RGB encoder (--control-model)"
+        )
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise InputError("prompt: at least one prompt is needed")
+    anchors = keyframe_indices(num_frames, context.length, settings.spacing)
+    pipeline.video_unet.check_frames(len(anchors))
+    seeds = resolve_seeds(seed, len(prompts))
+    size = pipeline.default_size
+    width, height = kwargs.pop("width", None) or size, kwargs.pop("height", None) or size
+    scale = pipeline.vae_scale
+    channels = pipeline.video_unet.config.in_channels
+    shape = (channels, num_frames, height // scale, width // scale)
+    fill_guidance = guidance_scale if settings.fill_guidance is None else settings.fill_guidance
+    fill_only = {"return_latents": kwargs.pop("return_latents", False), "decode": kwargs.pop("decode", True)}
+    key_only = {}
+    for name in ("motion_scale", "motion_strength"):  # per-frame lists: the keyframe pass takes the keyframes' values
+        value = kwargs.pop(name, 1.0)
+        per_frame = motion_scale_schedule(value, num_frames)
+        fill_only[name], key_only[name] = value, (value if isinstance(value, (int, float)) else per_frame[anchors].tolist())
+    results = []
+    for text, video_seed in zip(prompts, seeds):
+        start = initial_noise([video_seed], shape, pipeline.device, pipeline.dtype, noise, noise_params)
+        with merged(settings.motion_lora, pipeline.video_unet.motion_modules):
+            keys = generate(
+                pipeline, text, num_frames=len(anchors), width=width, height=height, seed=video_seed,
+                guidance_scale=guidance_scale, latents=start[:, :, anchors], decode=False, return_latents=True,
+                progress=progress, **key_only, **kwargs,
+            ).latents
+        condition = torch.zeros(1, channels, num_frames, *shape[2:], dtype=torch.float32)
+        condition[:, :, anchors] = keys.float().cpu()
+        mask = torch.zeros(1, 1, num_frames, *shape[2:], dtype=torch.float32)
+        mask[:, :, anchors] = 1.0
+        control = SparseControl(settings.encoder, condition, mask, settings.control_scale, settings.replace)
+        results.append(generate(
+            pipeline, text, num_frames=num_frames, width=width, height=height, seed=video_seed,
+            guidance_scale=fill_guidance, latents=start, context=context, control=control, progress=progress,
+            **fill_only, **kwargs,
+        ))
+    first = results[0].settings
+    extras = dict(first.extras)
+    extras.pop("keyframes", None)
+    extras["keyframes_first"] = {
+        "keyframes": anchors, "keyframe_guidance": guidance_scale, "control_scale": settings.control_scale,
+        "replace": settings.replace, "motion_lora": settings.motion_lora is not None,
+    }
+    if noise is not None:
+        extras["noise"] = noise
+    combined = replace(
+        first, prompt=list(prompts), negative_prompt=[n for r in results for n in r.settings.negative_prompt],
+        seeds=seeds, extras=extras,
+    )
+    latents = torch.cat([r.latents for r in results]) if fill_only["return_latents"] else None
+    return VideoResult(frames=torch.cat([r.frames for r in results]), settings=combined, latents=latents)
