@@ -28,17 +28,14 @@ from zoetrope.pipelines.load import WeightedFile, load_pipeline
 from zoetrope.pipelines.text_to_video import FreeInitSettings, generate
 from zoetrope.sampling.context import SCHEDULES, ContextConfig, context_windows
 from zoetrope.sampling.noise import NOISE_PRIORS
-from zoetrope.world.metrics import PROMPT_SUITE, classify_motion, measure_motion, motion_of, temporal_consistency
+from zoetrope.world.metrics import (
+    PROMPT_SUITE, classify_motion, frame_changes, measure_motion, motion_of, temporal_consistency,
+)
 
 
 def to_clips(frames: torch.Tensor) -> list[np.ndarray]:
     """(b, c, f, h, w) in [0, 1] -> uint8 (f, h, w, 3) arrays."""
     return [frames_to_uint8(video) for video in frames]
-
-
-def frame_changes(clip: np.ndarray) -> np.ndarray:
-    """Mean absolute change between consecutive frames, (f - 1,)."""
-    return np.abs(np.diff(clip.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))
 
 
 def seam_score(clip: np.ndarray, boundaries: list[int]) -> float:

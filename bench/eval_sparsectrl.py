@@ -54,7 +54,7 @@ from zoetrope.pipelines.image_to_video import prepare_control
 from zoetrope.pipelines.load import load_pipeline
 from zoetrope.pipelines.text_to_video import generate
 from zoetrope.training.conditions import edge_map
-from zoetrope.world.metrics import PROMPT_SUITE, prompts_with_motions, track_object
+from zoetrope.world.metrics import PROMPT_SUITE, frame_changes, prompts_with_motions, track_object
 from zoetrope.world.render import WorldConfig, render_clip, spec_for_prompt
 
 TASKS = {"animation": [0], "interpolation": [0, -1]}
@@ -83,11 +83,6 @@ def keyframe_centroid_errors(clip: np.ndarray, truth: np.ndarray, frames: list[i
         float(math.hypot(gx - tx, gy - ty))
         for gx, gy, tx, ty in zip(generated.centre_x[found], generated.centre_y[found], true.centre_x[found], true.centre_y[found])
     ]
-
-
-def frame_changes(clip: np.ndarray) -> np.ndarray:
-    """Mean absolute change between consecutive frames, (f - 1,)."""
-    return np.abs(np.diff(clip.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))
 
 
 def seam_ratio(clip: np.ndarray, frames: list[int]) -> float:

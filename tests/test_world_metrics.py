@@ -16,6 +16,7 @@ from zoetrope.world.metrics import (
     classify_camera,
     classify_background,
     classify_colour,
+    frame_changes,
     classify_motion,
     classify_shape,
     classify_style,
@@ -232,3 +233,12 @@ def test_unreadable_input() -> None:
         classify_colour(np.zeros((64, 64), dtype=np.uint8))
     with pytest.raises(InputError, match="2 clips and 1 prompts"):
         evaluate_clips([empty, empty], ["a red square"])
+
+
+def test_frame_changes_measure_the_step_between_consecutive_frames() -> None:
+    clip = np.zeros((4, 8, 8, 3), dtype=np.uint8)
+    clip[2:] = 10  # one step of 10 levels between frames 1 and 2
+    clip[3, :4] = 30  # half of frame 3 changes by 20 more
+    assert frame_changes(clip).tolist() == [0.0, 10.0, 10.0]
+    with pytest.raises(InputError, match="expected"):
+        frame_changes(np.zeros((4, 8, 8), dtype=np.uint8))

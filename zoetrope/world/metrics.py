@@ -469,6 +469,16 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     return result
 
 
+def frame_changes(clip: np.ndarray) -> np.ndarray:
+    """Mean absolute change between consecutive frames, `(f - 1,)`, in 8-bit levels for a uint8 clip.
+
+    The seam metrics divide the change across a window boundary or a keyframe by the clip's median change, so a
+    seam is "a step larger than the clip's own motion makes" whatever the clip's speed.
+    """
+    frames = _as_clip(clip)
+    return np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))
+
+
 def temporal_consistency(clip: np.ndarray, config: WorldConfig | None = None) -> dict[str, float]:
     """Frame-to-frame stability: {"mask_iou": mean IoU of consecutive foreground masks (1 = rock steady),
     "flicker": mean |change| of the mean background brightness between consecutive frames, in 8-bit levels}.
