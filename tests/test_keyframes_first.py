@@ -92,6 +92,8 @@ def test_refusals(pipeline, encoder) -> None:
         generate_keyframes_first(pipeline, "a", KeyframesFirst(_encoder(pipeline, "sketch")), context=CONTEXT, **SMALL)
     with pytest.raises(InputError, match="prompt travel"):
         generate_keyframes_first(pipeline, {0: "a", 4: "b"}, KeyframesFirst(encoder), context=CONTEXT, **SMALL)
+    with pytest.raises(InputError, match="whole UNet"):
+        generate_keyframes_first(pipeline, "a", KeyframesFirst(encoder), context=CONTEXT, context_mode="motion", **SMALL)
     with pytest.raises(InputError, match="freeinit"):
         generate_keyframes_first(pipeline, "a", KeyframesFirst(encoder), context=CONTEXT, freeinit=object(), **SMALL)
 

@@ -119,14 +119,16 @@ def generate_keyframes_first(
     """A `num_frames` clip per prompt, keyframes first (see the module docstring). `context` gives the window length
     and the filling pass's windows; the other keyword arguments go to both passes of `generate` (steps, width,
     height, negative_prompt, scheduler, guidance_rescale, motion_scale, ...), except `return_latents` and `decode`,
-    which apply to the filling pass (the keyframe pass always returns latents and never decodes). Returns what `generate` returns, with
-    the keyframe indices and settings in `settings.extras["keyframes_first"]`."""
+    which apply to the filling pass (the keyframe pass always returns latents and never decodes). Returns what
+    `generate` returns, with the keyframe indices and settings in `settings.extras["keyframes_first"]`."""
     if isinstance(prompt, Mapping) or (not isinstance(prompt, str) and any(isinstance(p, Mapping) for p in prompt)):
         raise InputError(
             "keyframes first takes plain prompts; prompt travel (frame-keyed prompts) is not supported by it yet: "
             "use context windows alone (drop --keyframes-first)"
         )
-    for name in ("latents", "control", "init_latents", "freeinit", "context_mode"):
+    if kwargs.pop("context_mode", None) not in (None, "unet"):
+        raise InputError("keyframes first fills the clip in windows around the whole UNet; drop context_mode='motion'")
+    for name in ("latents", "control", "init_latents", "freeinit"):
         if kwargs.get(name) is not None:
             raise InputError(f"keyframes first: `{name}` is not supported (the sampler sets it for each pass)")
         kwargs.pop(name, None)
@@ -151,8 +153,9 @@ def generate_keyframes_first(
     key_only = {}
     for name in ("motion_scale", "motion_strength"):  # per-frame lists: the keyframe pass takes the keyframes' values
         value = kwargs.pop(name, 1.0)
-        per_frame = motion_scale_schedule(value, num_frames)
-        fill_only[name], key_only[name] = value, (value if isinstance(value, (int, float)) else per_frame[anchors].tolist())
+        per_frame = motion_scale_schedule(value, num_frames)  # checks a list's length against the long clip
+        fill_only[name] = value
+        key_only[name] = value if isinstance(value, (int, float)) else per_frame[anchors].tolist()
     results = []
     for text, video_seed in zip(prompts, seeds):
         start = initial_noise([video_seed], shape, pipeline.device, pipeline.dtype, noise, noise_params)
@@ -181,6 +184,8 @@ def generate_keyframes_first(
     }
     if noise is not None:
         extras["noise"] = noise
+        if noise_params:
+            extras["noise_params"] = dict(noise_params)
     combined = replace(
         first, prompt=list(prompts), negative_prompt=[n for r in results for n in r.settings.negative_prompt],
         seeds=seeds, extras=extras,
