@@ -84,6 +84,10 @@ def main() -> None:
     parser.add_argument("--fill-guidance", type=float, default=4.0, help="--keyframes-first: guidance of the filling pass")
     parser.add_argument("--control-scale", type=float, default=1.0, help="--keyframes-first: SparseCtrl scale")
     parser.add_argument("--keyframe-replace", type=float, default=0.3, help="--keyframes-first: keyframe latent replacement")
+    parser.add_argument(
+        "--retime", action=argparse.BooleanOptionalAction, default=True,
+        help="--keyframes-first: place keyframes by picture change (default on, as the library; --no-retime: every k-th)",
+    )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--prompt", default="a red circle moving right on a grey background")
     parser.add_argument("--suite-limit", type=int, default=8, help="prompts of the suite used for FreeInit")
@@ -129,7 +133,7 @@ def keyframes_first_settings(pipe, args: argparse.Namespace):
         lora = load_motion_lora(item.path, pipe.video_unet.motion_modules, item.strength)
     return KeyframesFirst(
         encoder=encoder, motion_lora=lora, control_scale=args.control_scale, replace=args.keyframe_replace,
-        fill_guidance=args.fill_guidance,
+        fill_guidance=args.fill_guidance, retime=args.retime,
     )
 
 

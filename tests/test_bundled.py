@@ -170,8 +170,9 @@ def test_generate_with_the_bundled_rgb_encoder_reproduces_the_first_frame(tmp_pa
 
 
 def test_keyframes_first_with_the_bundle_moves_through_the_whole_clip(tmp_path, monkeypatch) -> None:
-    """`--keyframes-first` with no model argument: the bundled fast-motion LoRA draws the keyframes (recorded in the
-    sidecar) and the bundled RGB encoder fills the clip; a 32-frame "moving right" clip moves right in each half."""
+    """`--keyframes-first` with no model argument: the bundled fast-motion LoRA draws the keyframes, they are retimed
+    (both recorded in the sidecar) and the bundled RGB encoder fills the clip; a 32-frame "moving right" clip moves
+    right in each half."""
     import json
 
     from zoetrope.cli import main
@@ -185,7 +186,10 @@ def test_keyframes_first_with_the_bundle_moves_through_the_whole_clip(tmp_path, 
             "--device", "cpu", "-o", str(output)]
     assert main(argv) == 0
     sidecar = json.loads(output.with_name(output.name + ".json").read_text())
-    assert sidecar["keyframes_first"]["motion_lora"] is True and sidecar["keyframes_first"]["keyframes"] == list(range(0, 32, 2))
+    settings = sidecar["keyframes_first"]
+    assert settings["motion_lora"] is True and settings["retime"] is True  # the bundled defaults
+    placed = settings["keyframes"]  # retimed: 16 keyframes from frame 0 to frame 30, in order
+    assert len(placed) == 16 and placed[0] == 0 and placed[-1] == 30 and all(b > a for a, b in zip(placed, placed[1:]))
     frames, _ = read_video(output)
     assert frames.shape[0] == 32
     halves = [measure_motion(frames[:16]), measure_motion(frames[16:])]

@@ -294,10 +294,12 @@ def test_generate_keyframes_first(files, sparsectrl_file, tmp_path, capsys) -> N
               "--steps", "2", "--seed", "5"]
     out = tmp_path / "long.gif"
     assert main(["generate", "a red circle", *common, "--context-length", "4", "--context-overlap", "2",
-                 "--keyframes-first", "--control-model", str(encoder), "--fill-guidance", "4", "-o", str(out)]) == 0
+                 "--keyframes-first", "--no-keyframe-retime", "--control-model", str(encoder), "--fill-guidance", "4",
+                 "-o", str(out)]) == 0
     assert _frame_count(out) == 6
     sidecar = json.loads(out.with_name(out.name + ".json").read_text())
     assert sidecar["keyframes_first"]["keyframes"] == [0, 2, 4] and sidecar["guidance_scale"] == 4
+    assert sidecar["keyframes_first"]["retime"] is False
     assert sidecar["keyframes_first"]["replace"] == 0.3 and sidecar["keyframes_first"]["motion_lora"] is False
     refusals = [
         ([], "add --context-length"),

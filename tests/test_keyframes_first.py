@@ -9,7 +9,12 @@ from conftest import make_tiny_pipeline, tiny_motion_config
 from zoetrope.adapters.lora import inject_lora
 from zoetrope.errors import ConfigError, InputError
 from zoetrope.models.sparse_control import SparseControlConfig, SparseControlEncoder
-from zoetrope.pipelines.keyframes_first import KeyframesFirst, generate_keyframes_first, keyframe_indices
+from zoetrope.pipelines.keyframes_first import (
+    KeyframesFirst,
+    generate_keyframes_first,
+    keyframe_indices,
+    retimed_positions,
+)
 from zoetrope.pipelines.text_to_video import generate, initial_noise
 from zoetrope.sampling.context import ContextConfig
 
@@ -36,9 +41,9 @@ def encoder(pipeline):
 
 @pytest.fixture(scope="module")
 def pasted(pipeline, encoder):
-    """A clip whose keyframes are pasted in at every step (replace=1), latents returned."""
+    """A clip whose keyframes are pasted in at every step (replace=1) every 2nd frame (no retiming), latents returned."""
     return generate_keyframes_first(
-        pipeline, "a red circle", KeyframesFirst(encoder, replace=1.0), context=CONTEXT, return_latents=True,
+        pipeline, "a red circle", KeyframesFirst(encoder, replace=1.0, retime=False), context=CONTEXT, return_latents=True,
         decode=False, **SMALL,
     )
 
@@ -78,7 +83,7 @@ def test_keyframe_lora_is_merged_for_the_keyframe_pass_only(pipeline, encoder, p
         for _, layer in lora.named_layers():
             layer.up.copy_(torch.randn(layer.up.shape, generator=generator) * 0.5)
     with_lora = generate_keyframes_first(
-        pipeline, "a red circle", KeyframesFirst(encoder, replace=1.0, motion_lora=lora), context=CONTEXT,
+        pipeline, "a red circle", KeyframesFirst(encoder, replace=1.0, motion_lora=lora, retime=False), context=CONTEXT,
         decode=False, return_latents=True, **SMALL,
     )
     assert (with_lora.latents - pasted.latents).abs().max().item() > 1e-3
@@ -110,3 +115,23 @@ def test_per_frame_motion_scale_is_taken_at_the_keyframes(pipeline, encoder) -> 
         generate_keyframes_first(
             pipeline, "a red circle", KeyframesFirst(encoder), context=CONTEXT, motion_scale=[1.0, 1.1, 1.2], **SMALL
         )
+
+
+def test_retimed_positions_give_big_changes_more_frames() -> None:
+    assert retimed_positions([1.0] * 15, 60) == list(range(0, 61, 4))  # equal changes: equal spacing
+    assert retimed_positions([0.0] * 15, 60) == list(range(0, 61, 4))  # no signal: equal spacing
+    uneven = retimed_positions([1.0, 3.0, 1.0, 3.0], 16)
+    assert uneven == [0, 2, 8, 10, 16]
+    spiky = retimed_positions([100.0] + [0.0] * 14, 60)  # one huge step: the rest still get a frame each
+    assert spiky[0] == 0 and spiky[-1] == 60 and all(b > a for a, b in zip(spiky, spiky[1:]))
+    with pytest.raises(InputError, match="not enough frames"):
+        retimed_positions([1.0] * 15, 10)
+
+
+def test_retime_places_the_keyframes_it_records(pipeline, encoder) -> None:
+    result = generate_keyframes_first(
+        pipeline, "a red circle", KeyframesFirst(encoder, retime=True), context=CONTEXT, decode=False, **SMALL
+    )
+    placed = result.settings.extras["keyframes_first"]["keyframes"]
+    assert placed[0] == 0 and placed[-1] == KEYS[-1] and len(placed) == len(KEYS)
+    assert all(b > a for a, b in zip(placed, placed[1:])) and result.settings.extras["keyframes_first"]["retime"]

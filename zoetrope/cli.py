@@ -111,6 +111,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         "fast-motion LoRA, because the keyframes lie k frames apart; 'none' for none)",
     )
     group.add_argument("--fill-guidance", type=float, default=None, help="guidance while --keyframes-first fills the clip (default: --guidance)")
+    group.add_argument(
+        "--keyframe-retime", action=argparse.BooleanOptionalAction, default=True,
+        help="--keyframes-first: give each gap between keyframes frames in proportion to how much its two keyframe "
+        "pictures differ, evening out the speed (default on; --no-keyframe-retime: every k-th frame)",
+    )
     group = parser.add_argument_group("prompt travel")
     group.add_argument("--prompt-at", action="append", default=[], metavar='FRAME:"TEXT"', help="prompt keyed at a frame (negative = from the end); repeatable; PROMPT then becomes the head text")
     group.add_argument("--negative-at", action="append", default=[], metavar='FRAME:"TEXT"', help="negative prompt keyed at a frame")
@@ -278,6 +283,7 @@ def _keyframes_first(args: argparse.Namespace, pipeline):
     return KeyframesFirst(
         encoder=encoder, spacing=args.keyframe_spacing, motion_lora=lora, control_scale=args.control_scale,
         replace=0.3 if args.keyframe_replace is None else args.keyframe_replace, fill_guidance=args.fill_guidance,
+        retime=args.keyframe_retime,
     )
 
 

@@ -15,6 +15,9 @@ in for the first 30 % of the steps): the encoder was trained to interpolate betw
 follows the one trajectory. The idea is the coarse-to-fine order of NUWA-XL (Yin et al. 2023) and of the
 keyframe + interpolation cascades (Video LDM, Blattmann et al. 2023), built from AnimateDiff's own parts.
 
+The keyframe pass moves at an uneven speed, so by default the keyframes are not pasted every k frames but retimed:
+each gap gets frames in proportion to how much its two keyframe pictures differ (`retimed_positions`).
+
 Both passes start from one noise tensor for the whole clip (the keyframe pass takes its frames at the keyframes),
 so a seed gives one result.
 """
@@ -30,6 +33,7 @@ import torch
 
 from zoetrope.adapters.lora import LoRANetwork
 from zoetrope.errors import ConfigError, InputError
+from zoetrope.pipelines.components import decode_latents
 from zoetrope.pipelines.text_to_video import (
     SparseControl,
     VideoPipeline,
@@ -57,6 +61,10 @@ class KeyframesFirst:
                     (`zoetrope.sampling.keyframes.keyframe_replacement`); 0 = residuals only.
     fill_guidance:  classifier-free guidance of the filling pass; None = the keyframe pass's. (SparseCtrl follows
                     its keyframes better at lower guidance: 4 for the bundled zero-terminal-SNR model.)
+    retime:         place the keyframes at times proportional to how much consecutive keyframe pictures differ
+                    (`retimed_positions`; costs one VAE decode of the keyframes); False = every `spacing` frames.
+                    On by default: on the shapes world it lifts the 64-frame segments that read "right" from 22 / 32
+                    to 27 / 32 (docs/world-training.md, twentieth session).
     """
 
     encoder: torch.nn.Module
@@ -65,6 +73,27 @@ class KeyframesFirst:
     control_scale: float = 1.0
     replace: float = 0.3
     fill_guidance: float | None = None
+    retime: bool = True
+
+
+def retimed_positions(changes: Sequence[float], last: int) -> list[int]:
+    """Frame positions for keyframes whose consecutive pictures differ by `changes` (one value per interval): the
+    first at 0, the last at `last`, each interval's length proportional to its change, strictly increasing.
+
+    Why: the keyframe pass moves at an uneven speed (a short clip of the module speeds up and slows down by about
+    +-40 %), and the filling pass follows its keyframes; giving a large step more frames evens the long clip's speed,
+    as frame-interpolation tools retime by motion. Equal changes give equal spacing.
+    """
+    values = torch.as_tensor(list(changes), dtype=torch.float64).clamp_min(0)
+    if values.numel() < 1 or last < values.numel():
+        raise InputError(f"retiming {values.numel() + 1} keyframes into frames 0..{last}: not enough frames")
+    if float(values.sum()) <= 0:
+        values = torch.ones_like(values)
+    cumulative = torch.cat([torch.zeros(1, dtype=torch.float64), values.cumsum(0)])
+    positions = [int(round(float(c))) for c in cumulative / cumulative[-1] * last]
+    for index in range(1, len(positions)):  # strictly increasing, and room left for the keyframes after this one
+        positions[index] = min(max(positions[index], positions[index - 1] + 1), last - (len(positions) - 1 - index))
+    return positions
 
 
 def keyframe_indices(num_frames: int, length: int, spacing: int | None = None) -> list[int]:
@@ -156,7 +185,7 @@ def generate_keyframes_first(
         per_frame = motion_scale_schedule(value, num_frames)  # checks a list's length against the long clip
         fill_only[name] = value
         key_only[name] = value if isinstance(value, (int, float)) else per_frame[anchors].tolist()
-    results = []
+    results, placed = [], []
     for text, video_seed in zip(prompts, seeds):
         start = initial_noise([video_seed], shape, pipeline.device, pipeline.dtype, noise, noise_params)
         with merged(settings.motion_lora, pipeline.video_unet.motion_modules):
@@ -165,10 +194,16 @@ def generate_keyframes_first(
                 guidance_scale=guidance_scale, latents=start[:, :, anchors], decode=False, return_latents=True,
                 progress=progress, **key_only, **kwargs,
             ).latents
+        positions = anchors
+        if settings.retime:
+            pictures = decode_latents(pipeline.image_model.vae, keys)[0]  # c f h w in [0, 1]
+            changes = (pictures[:, 1:] - pictures[:, :-1]).abs().mean(dim=(0, 2, 3))
+            positions = retimed_positions(changes.tolist(), anchors[-1])
+        placed.append(positions)
         condition = torch.zeros(1, channels, num_frames, *shape[2:], dtype=torch.float32)
-        condition[:, :, anchors] = keys.float().cpu()
+        condition[:, :, positions] = keys.float().cpu()
         mask = torch.zeros(1, 1, num_frames, *shape[2:], dtype=torch.float32)
-        mask[:, :, anchors] = 1.0
+        mask[:, :, positions] = 1.0
         control = SparseControl(settings.encoder, condition, mask, settings.control_scale, settings.replace)
         results.append(generate(
             pipeline, text, num_frames=num_frames, width=width, height=height, seed=video_seed,
@@ -179,7 +214,8 @@ def generate_keyframes_first(
     extras = dict(first.extras)
     extras.pop("keyframes", None)
     extras["keyframes_first"] = {
-        "keyframes": anchors, "keyframe_guidance": guidance_scale, "control_scale": settings.control_scale,
+        "keyframes": placed[0] if len(placed) == 1 else placed, "retime": settings.retime,
+        "keyframe_guidance": guidance_scale, "control_scale": settings.control_scale,
         "replace": settings.replace, "motion_lora": settings.motion_lora is not None,
     }
     if noise is not None:
