@@ -96,6 +96,11 @@ def retimed_positions(changes: Sequence[float], last: int) -> list[int]:
     return positions
 
 
+def picture_changes(pictures: torch.Tensor) -> list[float]:
+    """Mean absolute change between consecutive pictures `(c, f, h, w)`: the retiming signal, one value per gap."""
+    return (pictures[:, 1:] - pictures[:, :-1]).abs().mean(dim=(0, 2, 3)).tolist()
+
+
 def keyframe_indices(num_frames: int, length: int, spacing: int | None = None) -> list[int]:
     """Frames drawn in the keyframe pass: `0, spacing, 2 * spacing, ...` below `num_frames`, at most `length` of them
     (they are sampled as one window of the motion module)."""
@@ -197,8 +202,7 @@ def generate_keyframes_first(
         positions = anchors
         if settings.retime:
             pictures = decode_latents(pipeline.image_model.vae, keys)[0]  # c f h w in [0, 1]
-            changes = (pictures[:, 1:] - pictures[:, :-1]).abs().mean(dim=(0, 2, 3))
-            positions = retimed_positions(changes.tolist(), anchors[-1])
+            positions = retimed_positions(picture_changes(pictures), anchors[-1])
         placed.append(positions)
         condition = torch.zeros(1, channels, num_frames, *shape[2:], dtype=torch.float32)
         condition[:, :, positions] = keys.float().cpu()
