@@ -24,7 +24,7 @@ import torch
 
 from zoetrope.media import frames_to_uint8
 from zoetrope.pipelines.keyframes_first import KeyframesFirst, generate_keyframes_first
-from zoetrope.pipelines.load import WeightedFile, load_pipeline
+from zoetrope.pipelines.load import load_pipeline
 from zoetrope.pipelines.text_to_video import FreeInitSettings, generate
 from zoetrope.sampling.context import SCHEDULES, ContextConfig, context_windows
 from zoetrope.sampling.noise import NOISE_PRIORS
@@ -121,19 +121,12 @@ def main() -> None:
 
 def keyframes_first_settings(pipe, args: argparse.Namespace):
     """`KeyframesFirst` from the bench's options (encoder and keyframe-pass LoRA loaded for `pipe`)."""
-    from zoetrope.formats.lora_files import load_motion_lora
-    from zoetrope.formats.sparsectrl import load_sparse_control
     from zoetrope.world.bundled import bundled_files
 
-    path = args.control_model or bundled_files()["sparsectrl_rgb"]
-    encoder = load_sparse_control(path, pipe.video_unet.image_unet).to(device=pipe.device, dtype=pipe.dtype).eval()
-    lora = None
-    if args.keyframe_lora:
-        item = WeightedFile.parse(args.keyframe_lora)
-        lora = load_motion_lora(item.path, pipe.video_unet.motion_modules, item.strength)
-    return KeyframesFirst(
-        encoder=encoder, motion_lora=lora, control_scale=args.control_scale, replace=args.keyframe_replace,
-        fill_guidance=args.fill_guidance, retime=args.retime,
+    return KeyframesFirst.from_files(
+        pipe, args.control_model or bundled_files()["sparsectrl_rgb"], args.keyframe_lora,
+        control_scale=args.control_scale, replace=args.keyframe_replace, fill_guidance=args.fill_guidance,
+        retime=args.retime,
     )
 
 

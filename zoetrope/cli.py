@@ -265,25 +265,16 @@ def _control(args: argparse.Namespace, pipeline):
 def _keyframes_first(args: argparse.Namespace, pipeline):
     """`KeyframesFirst` from the command line: the RGB encoder (default: bundled) and the keyframe pass's MotionLoRA
     (default: the bundled fast-motion LoRA when the model is the bundled one)."""
-    from zoetrope.formats.lora_files import load_motion_lora
-    from zoetrope.formats.sparsectrl import load_sparse_control
     from zoetrope.pipelines.keyframes_first import KeyframesFirst
-    from zoetrope.pipelines.load import WeightedFile
     from zoetrope.world.bundled import bundled_files
 
-    encoder_path = args.control_model or bundled_files()["sparsectrl_rgb"]
-    encoder = load_sparse_control(encoder_path, pipeline.video_unet.image_unet).to(device=pipeline.device, dtype=pipeline.dtype).eval()
-    lora_spec = args.keyframe_lora
-    if lora_spec is None and args.model is None and args.motion_module is None:
-        lora_spec = str(bundled_files()["motion_lora_fast"])
-    lora = None
-    if lora_spec and lora_spec.lower() != "none":
-        item = WeightedFile.parse(lora_spec)
-        lora = load_motion_lora(item.path, pipeline.video_unet.motion_modules, item.strength)
-    return KeyframesFirst(
-        encoder=encoder, spacing=args.keyframe_spacing, motion_lora=lora, control_scale=args.control_scale,
-        replace=0.3 if args.keyframe_replace is None else args.keyframe_replace, fill_guidance=args.fill_guidance,
-        retime=args.keyframe_retime,
+    lora = args.keyframe_lora
+    if lora is None and args.model is None and args.motion_module is None:
+        lora = str(bundled_files()["motion_lora_fast"])
+    return KeyframesFirst.from_files(
+        pipeline, args.control_model or bundled_files()["sparsectrl_rgb"], lora, spacing=args.keyframe_spacing,
+        control_scale=args.control_scale, replace=0.3 if args.keyframe_replace is None else args.keyframe_replace,
+        fill_guidance=args.fill_guidance, retime=args.keyframe_retime,
     )
 
 

@@ -25,6 +25,7 @@ so a seed gives one result.
 from __future__ import annotations
 
 import math
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Iterator, Mapping, Sequence
@@ -74,6 +75,24 @@ class KeyframesFirst:
     replace: float = 0.3
     fill_guidance: float | None = None
     retime: bool = True
+
+    @classmethod
+    def from_files(
+        cls, pipeline: VideoPipeline, encoder: str | os.PathLike, motion_lora: str | None = None, **options: Any
+    ) -> "KeyframesFirst":
+        """Settings with the SparseCtrl encoder file `encoder` and the MotionLoRA `motion_lora` ("PATH[:STRENGTH]",
+        None or "none" for none) loaded for `pipeline` (its device and dtype); `options` are the other fields."""
+        from zoetrope.formats.lora_files import load_motion_lora
+        from zoetrope.formats.sparsectrl import load_sparse_control
+        from zoetrope.pipelines.load import WeightedFile
+
+        loaded = load_sparse_control(encoder, pipeline.video_unet.image_unet)
+        loaded = loaded.to(device=pipeline.device, dtype=pipeline.dtype).eval()
+        lora = None
+        if motion_lora and motion_lora.lower() != "none":
+            item = WeightedFile.parse(motion_lora)
+            lora = load_motion_lora(item.path, pipeline.video_unet.motion_modules, item.strength)
+        return cls(encoder=loaded, motion_lora=lora, **options)
 
 
 def retimed_positions(changes: Sequence[float], last: int) -> list[int]:
