@@ -155,6 +155,7 @@ def evaluate(pipe, encoder, clips: list[tuple[str, np.ndarray]], args, config: W
                 result = generate(
                     pipe, prompt, num_frames=len(truth), width=size, height=size, steps=args.steps,
                     guidance_scale=args.guidance, seed=seed, control=control, progress=False,
+                    color_match=args.color_match if encoder.config.condition == "rgb" else 0.0,
                 )
                 clip = frames_to_uint8(result.frames[0])
                 clip_psnrs = [psnr(clip[frame], truth[frame]) for frame in frames]
@@ -236,6 +237,8 @@ def main() -> None:
     parser.add_argument("--control-scale", type=float, default=1.0)
     parser.add_argument("--keyframe-replace", type=float, default=0.0, metavar="FRACTION",
                         help="also paste the re-noised keyframe latents for this fraction of the first steps (0 = off)")
+    parser.add_argument("--color-match", type=float, default=0.0, metavar="STRENGTH",
+                        help="RGB encoders: move each frame's colours towards the keyframes' (0 = off, 1 = full)")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=64, help="world frame size (must match the model)")
     parser.add_argument("--clean", action="store_true", help="render clean image-domain keyframes (no watermark/JPEG)")
@@ -277,6 +280,7 @@ def main() -> None:
 
     print(f"SparseCtrl on the shapes world: {len(prompts)} prompts x {args.seeds} seed(s), {args.frames} frames, "
           f"{args.steps} steps, CFG {args.guidance}, keyframe replacement {args.keyframe_replace}, "
+          f"colour match {args.color_match}, "
           f"{'clean' if args.clean else 'video-domain'} keyframes")
     print(table(results))
     output = Path(args.output)

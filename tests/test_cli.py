@@ -181,6 +181,27 @@ def test_run_executes_official_sparsectrl_entries_like_generate_control(files, s
     assert np.array_equal(ran, controlled)  # `run` with the official fields = `generate --control`
 
 
+def test_generate_color_match_gives_the_keyframe_colour(files, sparsectrl_file, tmp_path, capsys) -> None:
+    import numpy as np
+
+    from zoetrope.media import read_video
+
+    model, motion = files
+    encoder, image = sparsectrl_file  # a flat (200, 40, 40) picture
+    common = ["--model", str(model), "--motion-module", str(motion), "--frames", "4", "--width", "32", "--height", "32",
+              "--steps", "2", "--seed", "5", "--control", "rgb", "--control-model", str(encoder), "--keyframe", f"0:{image}"]
+    assert main(["generate", "a red circle", *common, "--color-match", "1", "-o", str(tmp_path / "m_%03d.png")]) == 0
+    assert main(["generate", "a red circle", *common, "-o", str(tmp_path / "p_%03d.png")]) == 0
+    matched = read_video(tmp_path / "m_%03d.png")[0].astype(float)
+    plain = read_video(tmp_path / "p_%03d.png")[0].astype(float)
+    target = np.array([200.0, 40.0, 40.0])
+    assert np.abs(matched.mean(axis=(1, 2)) - target).max() < 3  # every frame: the only keyframe's colour
+    assert np.abs(plain[0].mean(axis=(0, 1)) - target).max() > 20  # the tiny random model alone does not draw it
+    code = main(["generate", "x", "--model", str(model), "--motion-module", str(motion), "--color-match", "1",
+                 "-o", str(tmp_path / "c.gif")])
+    assert code == 2 and "--color-match matches the frames to RGB keyframe images" in capsys.readouterr().err
+
+
 def test_run_sparsectrl_entry_errors(files, sparsectrl_file, tmp_path, capsys) -> None:
     model, motion = files
     encoder, image = sparsectrl_file
@@ -301,6 +322,12 @@ def test_generate_keyframes_first(files, sparsectrl_file, tmp_path, capsys) -> N
     assert sidecar["keyframes_first"]["keyframes"] == [0, 2, 4] and sidecar["guidance_scale"] == 4
     assert sidecar["keyframes_first"]["retime"] is False
     assert sidecar["keyframes_first"]["replace"] == 0.3 and sidecar["keyframes_first"]["motion_lora"] is False
+    travelled = tmp_path / "travel.gif"  # prompt travel: the keyed prompts reach both passes, recorded as given
+    assert main(["generate", *common, "--prompt-at", "0:a red circle", "--prompt-at", "4:a blue circle",
+                 "--context-length", "4", "--context-overlap", "2", "--keyframes-first", "--control-model", str(encoder),
+                 "-o", str(travelled)]) == 0
+    sidecar = json.loads(travelled.with_name(travelled.name + ".json").read_text())
+    assert sidecar["prompt"] == {"0": "a red circle", "4": "a blue circle"} and sidecar["keyframes_first"]["retime"]
     refusals = [
         ([], "add --context-length"),
         (["--context-length", "4", "--context-overlap", "2", "--control", "rgb"], "makes its own keyframes"),

@@ -84,3 +84,29 @@ def test_encoder_in_another_dtype_is_refused_by_name(pipeline) -> None:
     with pytest.raises(InputError, match=r"encoder.to\(device=pipeline.device, dtype=pipeline.dtype\)"):
         prepare_control(pipeline, encoder, [(0, torch.rand(3, 32, 32))], 4, 32, 32)
     assert prepare_control(pipeline, encoder.float(), [(0, torch.rand(3, 32, 32))], 4, 32, 32).mask[0, 0, :, 0, 0].tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_color_match_moves_frames_to_the_keyframe_colours(pipeline) -> None:
+    """RGB keyframes keep their pictures; `color_match=1` gives each decoded frame the keyframes' channel means
+    (interpolated between first and last), and is refused by name where there are no pictures to match."""
+    first = torch.full((3, 32, 32), 0.2)
+    first[0, 8:16, 8:16] = 0.6
+    last = torch.full((3, 32, 32), 0.5)
+    last[2, 16:24, 8:16] = 0.8
+    encoder = _encoder(pipeline, "rgb", True)
+    control = prepare_control(pipeline, encoder, [(0, first), (-1, last)], 4, 32, 32)
+    assert control.picture_indices == (0, 3) and torch.equal(control.pictures[1], last)
+    video = dict(SMALL, return_latents=False, decode=True)
+    plain = generate(pipeline, "a red circle", control=control, **video)
+    matched = generate(pipeline, "a red circle", control=control, color_match=1.0, **video)
+    means = matched.frames[0].mean(dim=(2, 3))  # c f
+    assert torch.allclose(means[:, 0], first.mean(dim=(1, 2)), atol=2e-3)
+    assert torch.allclose(means[:, 3], last.mean(dim=(1, 2)), atol=2e-3)
+    assert (plain.frames[0].mean(dim=(2, 3))[:, 0] - first.mean(dim=(1, 2))).abs().max() > 0.02  # it did something
+    assert matched.settings.extras["color_match"] == 1.0 and "color_match" not in plain.settings.extras
+    with pytest.raises(InputError, match="RGB SparseCtrl keyframes"):
+        generate(pipeline, "a red circle", color_match=1.0, **video)
+    sketch = prepare_control(pipeline, _encoder(pipeline, "sketch", False), [(0, first)], 4, 32, 32)
+    assert sketch.pictures is None
+    with pytest.raises(InputError, match="RGB SparseCtrl keyframes"):
+        generate(pipeline, "a red circle", control=sketch, color_match=1.0, **video)

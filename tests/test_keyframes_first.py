@@ -13,6 +13,7 @@ from zoetrope.pipelines.keyframes_first import (
     KeyframesFirst,
     generate_keyframes_first,
     keyframe_indices,
+    rekeyed_prompts,
     retimed_positions,
 )
 from zoetrope.pipelines.text_to_video import generate, initial_noise
@@ -95,8 +96,6 @@ def test_keyframe_lora_is_merged_for_the_keyframe_pass_only(pipeline, encoder, p
 def test_refusals(pipeline, encoder) -> None:
     with pytest.raises(ConfigError, match="RGB SparseCtrl encoder"):
         generate_keyframes_first(pipeline, "a", KeyframesFirst(_encoder(pipeline, "sketch")), context=CONTEXT, **SMALL)
-    with pytest.raises(InputError, match="prompt travel"):
-        generate_keyframes_first(pipeline, {0: "a", 4: "b"}, KeyframesFirst(encoder), context=CONTEXT, **SMALL)
     with pytest.raises(InputError, match="whole UNet"):
         generate_keyframes_first(pipeline, "a", KeyframesFirst(encoder), context=CONTEXT, context_mode="motion", **SMALL)
     with pytest.raises(InputError, match="freeinit"):
@@ -133,5 +132,49 @@ def test_retime_places_the_keyframes_it_records(pipeline, encoder) -> None:
         pipeline, "a red circle", KeyframesFirst(encoder, retime=True), context=CONTEXT, decode=False, **SMALL
     )
     placed = result.settings.extras["keyframes_first"]["keyframes"]
-    assert placed[0] == 0 and placed[-1] == KEYS[-1] and len(placed) == len(KEYS)
+    assert placed[0] == 0 and placed[-1] == SMALL["num_frames"] - 1 and len(placed) == len(KEYS)  # the whole clip
     assert all(b > a for a, b in zip(placed, placed[1:])) and result.settings.extras["keyframes_first"]["retime"]
+
+
+def test_rekeyed_prompts_follow_the_keyframes() -> None:
+    anchors, indices = list(range(0, 64, 4)), list(range(16))
+    assert rekeyed_prompts({0: "a", 32: "b", -1: "c"}, 64, anchors, indices, "x") == {0: "a", 8: "b", 15: "c"}
+    assert rekeyed_prompts({"10": "a"}, 64, anchors, indices, "x") == {2: "a"}  # 2.5 rounds to even
+    retimed = [0, 2, 9] + list(range(13, 64, 4))  # keyframe 2 moved from frame 8 to 9, the last one to 61
+    assert rekeyed_prompts({8: "a", 12: "b", 60: "c"}, 64, anchors, retimed, "x") == {9: "a", 13: "b", 61: "c"}
+    with pytest.raises(InputError, match="frames 30 and 32 fall on one frame of the keyframe pass; key prompts at least 4"):
+        rekeyed_prompts({30: "a", 32: "b"}, 64, anchors, indices, "the keyframe pass")
+    with pytest.raises(InputError, match="outside a 64-frame video"):
+        rekeyed_prompts({64: "a"}, 64, anchors, indices, "x")
+
+
+def test_prompt_travel_reaches_both_passes(pipeline, encoder, monkeypatch) -> None:
+    """Keyed prompts (and keyed negatives) are re-keyed onto the keyframe pass's frames and, after retiming, onto
+    the keyframes' new frames for the fill; the result records the prompts as given."""
+    import zoetrope.pipelines.keyframes_first as module
+
+    calls = []
+
+    def spy(pipeline, prompt, **kwargs):
+        calls.append((prompt, kwargs["negative_prompt"], kwargs["num_frames"]))
+        return generate(pipeline, prompt, **kwargs)
+
+    monkeypatch.setattr(module, "generate", spy)
+    settings = dict(SMALL, num_frames=8)
+    result = generate_keyframes_first(
+        pipeline, {0: "a red circle", 4: "a blue circle"}, KeyframesFirst(encoder, retime=False), context=CONTEXT,
+        negative_prompt={0: "blurry", -1: "dark"}, decode=False, **settings,
+    )
+    assert calls[0] == ({0: "a red circle", 2: "a blue circle"}, {0: "blurry", 3: "dark"}, 4)  # keyframes 0, 2, 4, 6
+    assert calls[1] == ({0: "a red circle", 4: "a blue circle"}, {0: "blurry", -1: "dark"}, 8)  # not retimed: as given
+    assert result.settings.prompt == [{0: "a red circle", 4: "a blue circle"}]
+    assert result.settings.negative_prompt == [{0: "blurry", -1: "dark"}]
+    calls.clear()
+    retimed = generate_keyframes_first(
+        pipeline, {0: "a red circle", 4: "a blue circle"}, KeyframesFirst(encoder), context=CONTEXT, decode=False,
+        **settings,
+    )
+    placed = retimed.settings.extras["keyframes_first"]["keyframes"]
+    assert placed[-1] == 7 and calls[1][0] == {0: "a red circle", placed[2]: "a blue circle"}
+    with pytest.raises(InputError, match="fall on one frame of the keyframe pass"):
+        generate_keyframes_first(pipeline, {0: "a", 1: "b"}, KeyframesFirst(encoder), context=CONTEXT, **settings)

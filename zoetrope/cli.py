@@ -114,7 +114,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--keyframe-retime", action=argparse.BooleanOptionalAction, default=True,
         help="--keyframes-first: give each gap between keyframes frames in proportion to how much its two keyframe "
-        "pictures differ, evening out the speed (default on; --no-keyframe-retime: every k-th frame)",
+        "pictures differ, evening out the speed, the last keyframe on the last frame (default on; "
+        "--no-keyframe-retime: every k-th frame)",
     )
     group = parser.add_argument_group("prompt travel")
     group.add_argument("--prompt-at", action="append", default=[], metavar='FRAME:"TEXT"', help="prompt keyed at a frame (negative = from the end); repeatable; PROMPT then becomes the head text")
@@ -137,6 +138,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--control-model", default=None, help="SparseCtrl encoder file (default: the bundled one for the bundled model)")
     group.add_argument("--keyframe", action="append", default=[], metavar="INDEX:IMAGE", help="keyframe image at a frame (negative = from the end); repeatable")
     group.add_argument("--control-scale", type=float, default=1.0)
+    group.add_argument(
+        "--color-match", type=float, default=0.0, metavar="STRENGTH",
+        help="--control rgb: after sampling, move each frame's colour means and contrast towards the keyframes' "
+        "(interpolated between keyframes), as image-to-video colour-match nodes do; 0 = off (default), 1 = full",
+    )
     group.add_argument("--keyframe-replace", type=float, default=None, metavar="FRACTION", help="RGB keyframes: also paste each keyframe's re-noised latent into the video for this fraction of the first steps (default 0 = off, the official behaviour; 0.5 brings the bundled encoder from 17 to 25 dB at the keyframe; --keyframes-first: default 0.3)")
     group.add_argument("--normalize-sketch", action="store_true", help="grey + min-max normalise sketches (official normalize_condition_images)")
 
@@ -204,6 +210,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ConfigError("give a PROMPT, or keyed prompts with --prompt-at FRAME:TEXT")
     if (args.keyframe or args.keyframe_replace) and not args.control and not args.keyframes_first:
         raise ConfigError("--keyframe and --keyframe-replace steer SparseCtrl; add --control rgb (or sketch)")
+    if args.color_match and args.control != "rgb":
+        raise ConfigError("--color-match matches the frames to RGB keyframe images; add --control rgb --keyframe INDEX:IMAGE")
     pipeline = load_pipeline(
         args.model, args.motion_module, motion_loras=args.motion_lora, loras=args.lora, adapter=args.adapter,
         dtype=_dtype(args.dtype), device=_device(args.device), prediction_type=args.prediction_type,
@@ -238,7 +246,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         if args.control:
             settings["control"] = _control(args, pipeline)
-        result = generate(pipeline, settings.pop("prompt"), **settings)
+        result = generate(pipeline, settings.pop("prompt"), color_match=args.color_match, **settings)
     for path in save(result, output, fps=fps):
         print(f"wrote {path} (seed {result.settings.seeds[0]})")
     return 0

@@ -88,11 +88,16 @@ def prepare_control(
     indices = resolve_indices([index for index, _ in keyframes], num_frames)
     images = torch.stack([_image_tensor(image, width, height) for _, image in keyframes])
     channels = encoder.config.conditioning_channels
+    pictures = None
     if channels == 4:  # RGB encoder: VAE latents of the keyframes
+        pictures = images.clone()
         video = rearrange(images, "k c h w -> 1 c k h w").to(device=pipeline.device, dtype=pipeline.dtype)
         latents = encode_frames(pipeline.image_model.vae, video, sample=False)
         images = rearrange(latents, "1 c k h w -> k c h w").float().cpu()
     elif normalize:
         images = normalize_sketch(images)
     condition, mask = build_condition(images, indices, num_frames)
-    return SparseControl(encoder=encoder, condition=condition, mask=mask, scale=scale, replace=replace)
+    return SparseControl(
+        encoder=encoder, condition=condition, mask=mask, scale=scale, replace=replace, pictures=pictures,
+        picture_indices=tuple(int(index) for index in indices) if pictures is not None else None,
+    )

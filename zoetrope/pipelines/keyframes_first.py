@@ -16,10 +16,12 @@ follows the one trajectory. The idea is the coarse-to-fine order of NUWA-XL (Yin
 keyframe + interpolation cascades (Video LDM, Blattmann et al. 2023), built from AnimateDiff's own parts.
 
 The keyframe pass moves at an uneven speed, so by default the keyframes are not pasted every k frames but retimed:
-each gap gets frames in proportion to how much its two keyframe pictures differ (`retimed_positions`).
+each gap gets frames in proportion to how much its two keyframe pictures differ (`retimed_positions`), and the last
+keyframe goes to the clip's last frame (every k-th frame leaves the frames after the last keyframe free, and they
+stall: 64 frames at k = 4 end with three unanchored frames).
 
 Both passes start from one noise tensor for the whole clip (the keyframe pass takes its frames at the keyframes),
-so a seed gives one result.
+so a seed gives one result. Frame-keyed prompts (prompt travel) are re-keyed for each pass (`rekeyed_prompts`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from zoetrope.pipelines.text_to_video import (
 )
 from zoetrope.sampling.context import ContextConfig
 from zoetrope.sampling.guidance import motion_scale_schedule
+from zoetrope.sampling.prompts import parse_prompt_map
 
 
 @dataclass
@@ -141,6 +144,35 @@ def keyframe_indices(num_frames: int, length: int, spacing: int | None = None) -
     return list(range(0, num_frames, spacing))
 
 
+def rekeyed_prompts(
+    prompt_map: Mapping[int, str], num_frames: int, source: Sequence[int], target: Sequence[int], where: str
+) -> dict[int, str]:
+    """A frame-keyed prompt map of the long clip with each key moved from frame `f` to `round(interp(f, source,
+    target))` (piecewise linear; keys past `source[-1]` go to `target[-1]`). Negative keys count from the end of
+    the long clip. Two keys landing on one frame are refused by name (`where` says which pass).
+
+    Why: the keyframe pass is a short clip whose frame i is the long clip's keyframe i, and after retiming keyframe i
+    sits at another frame of the long clip; a prompt keyed at a keyframe must follow it in both passes."""
+    resolved = parse_prompt_map(prompt_map, num_frames)
+    moved: dict[int, str] = {}
+    sources: dict[int, int] = {}
+    for frame, text in resolved.items():
+        if frame >= source[-1]:
+            key = int(target[-1])
+        else:
+            right = next(i for i, value in enumerate(source) if value > frame)
+            left = right - 1
+            fraction = (frame - source[left]) / (source[right] - source[left])
+            key = int(round(target[left] + fraction * (target[right] - target[left])))
+        if key in moved:
+            raise InputError(
+                f"keyframes first: prompts keyed at frames {sources[key]} and {frame} fall on one frame of {where}; "
+                f"key prompts at least {max(b - a for a, b in zip(source, source[1:]))} frames apart"
+            )
+        moved[key], sources[key] = text, frame
+    return moved
+
+
 @contextmanager
 def merged(network: LoRANetwork | None, model: torch.nn.Module) -> Iterator[None]:
     """Merge `network` into `model` for the duration of the block (nothing if None); unmerged even on error."""
@@ -174,11 +206,6 @@ def generate_keyframes_first(
     height, negative_prompt, scheduler, guidance_rescale, motion_scale, ...), except `return_latents` and `decode`,
     which apply to the filling pass (the keyframe pass always returns latents and never decodes). Returns what
     `generate` returns, with the keyframe indices and settings in `settings.extras["keyframes_first"]`."""
-    if isinstance(prompt, Mapping) or (not isinstance(prompt, str) and any(isinstance(p, Mapping) for p in prompt)):
-        raise InputError(
-            "keyframes first takes plain prompts; prompt travel (frame-keyed prompts) is not supported by it yet: "
-            "use context windows alone (drop --keyframes-first)"
-        )
     if kwargs.pop("context_mode", None) not in (None, "unet"):
         raise InputError("keyframes first fills the clip in windows around the whole UNet; drop context_mode='motion'")
     for name in ("latents", "control", "init_latents", "freeinit"):
@@ -190,7 +217,7 @@ def generate_keyframes_first(
             "keyframes first needs an RGB SparseCtrl encoder (it conditions on the keyframe pass's latents); this "
             "encoder reads sketches: pass the RGB encoder (--control-model)"
         )
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    prompts = [prompt] if isinstance(prompt, (str, Mapping)) else list(prompt)
     if not prompts:
         raise InputError("prompt: at least one prompt is needed")
     anchors = keyframe_indices(num_frames, context.length, settings.spacing)
@@ -209,27 +236,48 @@ def generate_keyframes_first(
         per_frame = motion_scale_schedule(value, num_frames)  # checks a list's length against the long clip
         fill_only[name] = value
         key_only[name] = value if isinstance(value, (int, float)) else per_frame[anchors].tolist()
+    negative = kwargs.pop("negative_prompt", None)
+    negatives = [negative] * len(prompts) if negative is None or isinstance(negative, (str, Mapping)) else list(negative)
+    if len(negatives) == 1:
+        negatives = negatives * len(prompts)
+    if len(negatives) != len(prompts):
+        raise InputError(f"negative_prompt: {len(negatives)} given for {len(prompts)} prompts; give one, or one per prompt")
+    indices = list(range(len(anchors)))
+    every = anchors[1] if len(anchors) > 1 else num_frames
+
+    def on_keyframes(text: Any) -> Any:  # a keyed prompt as the keyframe pass sees it (its frame i = keyframe i)
+        if not isinstance(text, Mapping):
+            return text
+        return rekeyed_prompts(text, num_frames, anchors, indices, f"the keyframe pass (a keyframe every {every} frames)")
+
+    def on_fill(text: Any, positions: list[int]) -> Any:  # and as the fill sees it, following the retimed keyframes
+        if not isinstance(text, Mapping) or positions == anchors:
+            return text
+        return rekeyed_prompts(text, num_frames, anchors, positions, "the retimed clip")
+
     results, placed = [], []
-    for text, video_seed in zip(prompts, seeds):
+    for text, negative, video_seed in zip(prompts, negatives, seeds):
         start = initial_noise([video_seed], shape, pipeline.device, pipeline.dtype, noise, noise_params)
         with merged(settings.motion_lora, pipeline.video_unet.motion_modules):
             keys = generate(
-                pipeline, text, num_frames=len(anchors), width=width, height=height, seed=video_seed,
-                guidance_scale=guidance_scale, latents=start[:, :, anchors], decode=False, return_latents=True,
-                progress=progress, **key_only, **kwargs,
+                pipeline, on_keyframes(text), negative_prompt=on_keyframes(negative), num_frames=len(anchors),
+                width=width, height=height, seed=video_seed, guidance_scale=guidance_scale,
+                latents=start[:, :, anchors], decode=False, return_latents=True, progress=progress, **key_only,
+                **kwargs,
             ).latents
         positions = anchors
         if settings.retime:
             pictures = decode_latents(pipeline.image_model.vae, keys)[0]  # c f h w in [0, 1]
-            positions = retimed_positions(picture_changes(pictures), anchors[-1])
+            positions = retimed_positions(picture_changes(pictures), num_frames - 1)
         placed.append(positions)
+        text, fill_negative = on_fill(text, positions), on_fill(negative, positions)
         condition = torch.zeros(1, channels, num_frames, *shape[2:], dtype=torch.float32)
         condition[:, :, positions] = keys.float().cpu()
         mask = torch.zeros(1, 1, num_frames, *shape[2:], dtype=torch.float32)
         mask[:, :, positions] = 1.0
         control = SparseControl(settings.encoder, condition, mask, settings.control_scale, settings.replace)
         results.append(generate(
-            pipeline, text, num_frames=num_frames, width=width, height=height, seed=video_seed,
+            pipeline, text, negative_prompt=fill_negative, num_frames=num_frames, width=width, height=height, seed=video_seed,
             guidance_scale=fill_guidance, latents=start, context=context, control=control, progress=progress,
             **fill_only, **kwargs,
         ))
@@ -245,8 +293,9 @@ def generate_keyframes_first(
         extras["noise"] = noise
         if noise_params:
             extras["noise_params"] = dict(noise_params)
-    combined = replace(
-        first, prompt=list(prompts), negative_prompt=[n for r in results for n in r.settings.negative_prompt],
+    combined = replace(  # the prompts as given (keyed on the long clip's frames): the same call gives the same clip
+        first, prompt=[p if isinstance(p, str) else dict(p) for p in prompts],
+        negative_prompt=["" if n is None else n if isinstance(n, str) else dict(n) for n in negatives],
         seeds=seeds, extras=extras,
     )
     latents = torch.cat([r.latents for r in results]) if fill_only["return_latents"] else None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence, Union
 
@@ -31,6 +31,7 @@ from zoetrope.pipelines.components import (
     encode_prompts,
     make_scheduler,
 )
+from zoetrope.sampling.colors import match_colors
 from zoetrope.sampling.context import ContextConfig, context_windows, window_weights, wrap_predict_with_context
 from zoetrope.sampling.guidance import ZERO_SNR_GUIDANCE_RESCALE, cfg, motion_scale_schedule, rescale_guidance
 from zoetrope.sampling.keyframes import keyframe_replacement, replacement_steps
@@ -207,13 +208,17 @@ class SparseControl:
     `(1, 1, f, H, W)` (zeros except at keyframes), and the conditioning scale. Residuals are recomputed every step
     on the same (CFG-doubled) batch and text as the UNet, as in the official pipeline. `replace` > 0 (RGB keyframes
     only; not in the official pipeline) also pastes the keyframes' re-noised latents into the video for that
-    fraction of the first sampling steps (`zoetrope.sampling.keyframes.keyframe_replacement`)."""
+    fraction of the first sampling steps (`zoetrope.sampling.keyframes.keyframe_replacement`). `pictures`
+    `(k, 3, H, W)` in [0, 1] are the RGB keyframe images at frames `picture_indices`, kept for `generate`'s
+    `color_match` (None for sketches and for conditions built from latents)."""
 
     encoder: torch.nn.Module
     condition: torch.Tensor
     mask: torch.Tensor
     scale: float = 1.0
     replace: float = 0.0
+    pictures: torch.Tensor | None = None
+    picture_indices: tuple[int, ...] | None = None
 
 
 def _encode_one(model: ImageModel, prompt: str | Mapping[int, str], num_frames: int, travel: TravelSettings) -> torch.Tensor:
@@ -350,6 +355,7 @@ def generate(
     init_latents: torch.Tensor | None = None,
     strength: float = 1.0,
     control: SparseControl | None = None,
+    color_match: float = 0.0,
 ) -> VideoResult:
     """Generate one video per prompt. Returns frames `(b, c, f, h, w)` in [0, 1] and the settings used.
 
@@ -363,7 +369,9 @@ def generate(
     Lin et al. 2024) pulls the guided prediction's per-frame std back towards the conditional one's; left at None it
     is 0.7 for a model whose checkpoint says zero terminal SNR and 0 otherwise, because such a model over-saturates
     at SD's usual guidance without it (the world's zero-SNR model: 70 % of stills in the prompted colour at 7.5,
-    88 % with the rescale; docs/world-training.md, twelfth session).
+    88 % with the rescale; docs/world-training.md, twelfth session). `color_match` in (0, 1] (RGB SparseCtrl
+    keyframes only) moves each decoded frame's colours towards the keyframe pictures' (`zoetrope.sampling.colors`),
+    the colour-match step of image-to-video workflows; 0 = off.
     """
     # 1. Check and normalise the request.
     if isinstance(prompt, (str, Mapping)):
@@ -383,6 +391,16 @@ def generate(
             "of the result survives at t = T (alpha_bar_T = 0), so the iterations would only redraw the high "
             "frequencies of the same noise; drop --freeinit for this model"
         )
+    if color_match:
+        if not 0.0 < color_match <= 1.0:
+            raise ConfigError(f"color_match={color_match}: expected a strength in (0, 1] (0 = off)")
+        if control is None or control.pictures is None:
+            raise InputError(
+                "color_match moves the frames' colours to the keyframe pictures', so it needs RGB SparseCtrl keyframes "
+                "(--control rgb --keyframe INDEX:IMAGE); drop --color-match otherwise"
+            )
+        if not decode:
+            raise InputError("color_match works on decoded frames; drop it or decode")
     width, height = width or pipeline.default_size, height or pipeline.default_size
     check_size(width, height, pipeline.vae_scale)
     if context is None:
@@ -412,6 +430,7 @@ def generate(
                 "strength": strength if init_latents is not None else None,
                 "control_scale": control.scale if control is not None else None,
                 "keyframe_replace": control.replace if control is not None and control.replace else None,
+                "color_match": color_match or None,
                 "sources": pipeline.sources or None,
                 "prediction_type": pipeline.scheduler_config.get("prediction_type", "epsilon"),
                 "zero_terminal_snr": True if pipeline.zero_terminal_snr else None,
@@ -477,6 +496,11 @@ def generate(
 
     # 6. Decode in chunks of frames.
     frames = decode_latents(model.vae, latents, chunk_size=decode_chunk_size) if decode else torch.empty(0)
+    if color_match:
+        frames = torch.stack([
+            match_colors(video.float().cpu(), control.pictures.float().cpu(), control.picture_indices, color_match)
+            for video in frames
+        ])
     return VideoResult(frames=frames.float().cpu(), settings=settings, latents=latents if return_latents else None)
 
 
@@ -485,9 +509,8 @@ def _control_on(control: SparseControl | None, device, dtype, num_frames: int) -
         return None
     if control.condition.shape[2] != num_frames:
         raise InputError(f"SparseCtrl condition covers {control.condition.shape[2]} frames, the video has {num_frames}")
-    return SparseControl(
-        control.encoder, control.condition.to(device=device, dtype=dtype), control.mask.to(device=device, dtype=dtype),
-        control.scale, control.replace,
+    return replace(
+        control, condition=control.condition.to(device=device, dtype=dtype), mask=control.mask.to(device=device, dtype=dtype)
     )
 
 
