@@ -137,12 +137,13 @@ def test_generate_with_no_model_argument_uses_the_bundle_offline_and_is_seeded(t
     assert clips[0].std(axis=(1, 2)).mean() > 1.0  # a picture, not a constant frame
 
 
-@pytest.mark.parametrize("replace", ["0", "0.3"])
-def test_generate_with_the_bundled_rgb_encoder_reproduces_the_first_frame(tmp_path, monkeypatch, replace) -> None:
+@pytest.mark.parametrize("replace, match", [("0", "0"), ("0.3", "0"), ("0.3", "1")])
+def test_generate_with_the_bundled_rgb_encoder_reproduces_the_first_frame(tmp_path, monkeypatch, replace, match) -> None:
     """Image animation from the CLI: `--control rgb --keyframe 0:IMAGE` with the bundled encoder at the setting the
     README gives for zero-terminal-SNR models (guidance 4, control scale 1); frame 0 of the clip must reproduce
-    the given picture (a rendered shapes-world frame) to within a few levels, from the encoder alone (replacement 0)
-    and with `--keyframe-replace 0.3`. (The first lineage's encoder reached only ~14 dB alone.)"""
+    the given picture (a rendered shapes-world frame) to within a few levels, from the encoder alone (replacement 0),
+    with `--keyframe-replace 0.3`, and with `--color-match 1` too, which also gives every later frame the picture's
+    mean colour. (The first lineage's encoder reached only ~14 dB alone.)"""
     import math
 
     import numpy as np
@@ -162,11 +163,13 @@ def test_generate_with_the_bundled_rgb_encoder_reproduces_the_first_frame(tmp_pa
     output = tmp_path / "clip_%03d.png"
     argv = ["--quiet", "generate", prompt, "--steps", "10", "--seed", "0", "--device", "cpu", "--control", "rgb",
             "--keyframe", f"0:{tmp_path / 'first.png'}", "--keyframe-replace", replace, "--guidance", "4",
-            "--control-scale", "1", "-o", str(output)]
+            "--control-scale", "1", "--color-match", match, "-o", str(output)]
     assert main(argv) == 0
     frames, _ = read_video(output)
     error = float(np.mean((frames[0].astype(np.float64) - first.astype(np.float64)) ** 2))
     assert 10 * math.log10(255.0**2 / error) >= FIRST_FRAME_PSNR
+    if match == "1":
+        assert np.abs(frames.mean(axis=(1, 2)) - first.mean(axis=(0, 1))).max() < 4  # every frame, each channel
 
 
 def test_keyframes_first_with_the_bundle_moves_through_the_whole_clip(tmp_path, monkeypatch) -> None:
