@@ -85,9 +85,8 @@ def main() -> None:
     parser.add_argument("--control-scale", type=float, default=1.0, help="--keyframes-first: SparseCtrl scale")
     parser.add_argument("--keyframe-replace", type=float, default=0.3, help="--keyframes-first: keyframe latent replacement")
     parser.add_argument(
-        "--retime", choices=("pixels", "subject", "off"), default="pixels",
-        help="--keyframes-first: place keyframes by picture change (pixels, the library's default), by the subject's "
-        "travel (subject), or every k-th frame (off)",
+        "--retime", action=argparse.BooleanOptionalAction, default=True,
+        help="--keyframes-first: place keyframes by picture change (default on, as the library; --no-retime: every k-th)",
     )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--prompt", default="a red circle moving right on a grey background")

@@ -320,14 +320,14 @@ def test_generate_keyframes_first(files, sparsectrl_file, tmp_path, capsys) -> N
     assert _frame_count(out) == 6
     sidecar = json.loads(out.with_name(out.name + ".json").read_text())
     assert sidecar["keyframes_first"]["keyframes"] == [0, 2, 4] and sidecar["guidance_scale"] == 4
-    assert sidecar["keyframes_first"]["retime"] == "off"
+    assert sidecar["keyframes_first"]["retime"] is False
     assert sidecar["keyframes_first"]["replace"] == 0.3 and sidecar["keyframes_first"]["motion_lora"] is False
     travelled = tmp_path / "travel.gif"  # prompt travel: the keyed prompts reach both passes, recorded as given
     assert main(["generate", *common, "--prompt-at", "0:a red circle", "--prompt-at", "4:a blue circle",
                  "--context-length", "4", "--context-overlap", "2", "--keyframes-first", "--control-model", str(encoder),
                  "-o", str(travelled)]) == 0
     sidecar = json.loads(travelled.with_name(travelled.name + ".json").read_text())
-    assert sidecar["prompt"] == {"0": "a red circle", "4": "a blue circle"} and sidecar["keyframes_first"]["retime"] == "pixels"
+    assert sidecar["prompt"] == {"0": "a red circle", "4": "a blue circle"} and sidecar["keyframes_first"]["retime"]
     refusals = [
         ([], "add --context-length"),
         (["--context-length", "4", "--context-overlap", "2", "--control", "rgb"], "makes its own keyframes"),

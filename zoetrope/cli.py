@@ -112,12 +112,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--fill-guidance", type=float, default=None, help="guidance while --keyframes-first fills the clip (default: --guidance)")
     group.add_argument(
-        "--keyframe-retime", choices=("pixels", "subject", "off"), default="pixels",
-        help="--keyframes-first: give each gap between keyframes frames in proportion to how far its two keyframe "
-        "pictures move apart, evening out the speed: by mean pixel change (pixels, default; any content) or by the "
-        "travel of the subject against a plain background (subject); off = every k-th frame",
+        "--keyframe-retime", action=argparse.BooleanOptionalAction, default=True,
+        help="--keyframes-first: give each gap between keyframes frames in proportion to how much its two keyframe "
+        "pictures differ, evening out the speed, the last keyframe on the last frame (default on; "
+        "--no-keyframe-retime: every k-th frame)",
     )
-    group.add_argument("--no-keyframe-retime", dest="keyframe_retime", action="store_const", const="off", help="= --keyframe-retime off")
     group = parser.add_argument_group("prompt travel")
     group.add_argument("--prompt-at", action="append", default=[], metavar='FRAME:"TEXT"', help="prompt keyed at a frame (negative = from the end); repeatable; PROMPT then becomes the head text")
     group.add_argument("--negative-at", action="append", default=[], metavar='FRAME:"TEXT"', help="negative prompt keyed at a frame")

@@ -16,9 +16,9 @@ follows the one trajectory. The idea is the coarse-to-fine order of NUWA-XL (Yin
 keyframe + interpolation cascades (Video LDM, Blattmann et al. 2023), built from AnimateDiff's own parts.
 
 The keyframe pass moves at an uneven speed, so by default the keyframes are not pasted every k frames but retimed:
-each gap gets frames in proportion to how much its two keyframe pictures differ (`retimed_positions`). (Stretching
-the keyframes to the clip's last frame instead of `(n - 1) k` was measured and is worse: 24 / 32 segments against
-27 / 32; docs/world-training.md, twenty-first session.)
+each gap gets frames in proportion to how much its two keyframe pictures differ (`retimed_positions`), and the last
+keyframe goes to the clip's last frame (every k-th frame leaves the frames after the last keyframe free, and they
+stall: 64 frames at k = 4 end with three unanchored frames).
 
 Both passes start from one noise tensor for the whole clip (the keyframe pass takes its frames at the keyframes),
 so a seed gives one result. Frame-keyed prompts (prompt travel) are re-keyed for each pass (`rekeyed_prompts`).
@@ -49,9 +49,6 @@ from zoetrope.sampling.context import ContextConfig
 from zoetrope.sampling.guidance import motion_scale_schedule
 from zoetrope.sampling.prompts import parse_prompt_map
 
-# Summed over RGB in [0, 1]: a subject pixel differs from the dominant colour by more than ~13 levels per channel.
-SUBJECT_THRESHOLD = 0.15
-
 
 @dataclass
 class KeyframesFirst:
@@ -68,12 +65,9 @@ class KeyframesFirst:
                     (`zoetrope.sampling.keyframes.keyframe_replacement`); 0 = residuals only.
     fill_guidance:  classifier-free guidance of the filling pass; None = the keyframe pass's. (SparseCtrl follows
                     its keyframes better at lower guidance: 4 for the bundled zero-terminal-SNR model.)
-    retime:         place the keyframes at times proportional to how far the picture travels between consecutive
-                    keyframes (`retimed_positions`; costs one VAE decode of the keyframes), measured as `"pixels"`
-                    (mean pixel change, `picture_changes`: any content) or `"subject"` (the shift of the centroid of
-                    what differs from the frame's dominant colour, `subject_travel`: one subject on a plain
-                    background); `"off"` = every `spacing` frames. True / False mean "pixels" / "off". On by
-                    default: on the shapes world "pixels" lifts the 64-frame segments that read "right" from 22 / 32
+    retime:         place the keyframes at times proportional to how much consecutive keyframe pictures differ
+                    (`retimed_positions`; costs one VAE decode of the keyframes); False = every `spacing` frames.
+                    On by default: on the shapes world it lifts the 64-frame segments that read "right" from 22 / 32
                     to 27 / 32 (docs/world-training.md, twentieth session).
     """
 
@@ -83,13 +77,7 @@ class KeyframesFirst:
     control_scale: float = 1.0
     replace: float = 0.3
     fill_guidance: float | None = None
-    retime: bool | str = True
-
-    def __post_init__(self) -> None:
-        if self.retime is True or self.retime is False:
-            self.retime = "pixels" if self.retime else "off"
-        if self.retime not in RETIME_SIGNALS + ("off",):
-            raise ConfigError(f"keyframes first: retime={self.retime!r}; expected one of {', '.join(RETIME_SIGNALS)}, off")
+    retime: bool = True
 
     @classmethod
     def from_files(
@@ -133,42 +121,6 @@ def retimed_positions(changes: Sequence[float], last: int) -> list[int]:
 def picture_changes(pictures: torch.Tensor) -> list[float]:
     """Mean absolute change between consecutive pictures `(c, f, h, w)`: the retiming signal, one value per gap."""
     return (pictures[:, 1:] - pictures[:, :-1]).abs().mean(dim=(0, 2, 3)).tolist()
-
-
-def subject_travel(pictures: torch.Tensor, threshold: float = SUBJECT_THRESHOLD) -> list[float]:
-    """Distance in px the subject's centroid moves between consecutive pictures `(c, f, h, w)` in [0, 1]: the
-    retiming signal for one subject on a plain background, one value per gap.
-
-    The subject is what differs from the picture's dominant colour (its per-channel median) by more than
-    `threshold` (summed over channels). Why not pixel change: it saturates once the subject moves further than its
-    own width between keyframes, and it also counts a subject that sharpens in place (the first keyframes of a
-    sampled clip), so fast gaps get too few frames and still ones too many. A gap where either picture shows no
-    subject takes the median of the others (all equal when none is found: even spacing)."""
-    height, width = pictures.shape[-2:]
-    grid_y, grid_x = torch.meshgrid(
-        torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64), indexing="ij"
-    )
-    centroids = []
-    for picture in pictures.double().unbind(1):  # c h w
-        background = picture.flatten(1).median(dim=1).values
-        subject = (picture - background[:, None, None]).abs().sum(0) > threshold
-        count = subject.sum()
-        centroids.append(
-            torch.stack([(grid_x * subject).sum() / count, (grid_y * subject).sum() / count]) if count > 0
-            else torch.full((2,), float("nan"), dtype=torch.float64)
-        )
-    travel = torch.stack(centroids).diff(dim=0).norm(dim=1)
-    found = ~travel.isnan()
-    fill = travel[found].median() if found.any() else torch.tensor(1.0, dtype=torch.float64)
-    return torch.where(found, travel, fill).tolist()
-
-
-RETIME_SIGNALS = ("pixels", "subject")
-
-
-def retime_signal(pictures: torch.Tensor, kind: str) -> list[float]:
-    """The retiming signal `kind` ("pixels" or "subject") of keyframe pictures `(c, f, h, w)`."""
-    return picture_changes(pictures) if kind == "pixels" else subject_travel(pictures)
 
 
 def keyframe_indices(num_frames: int, length: int, spacing: int | None = None) -> list[int]:
@@ -314,9 +266,9 @@ def generate_keyframes_first(
                 **kwargs,
             ).latents
         positions = anchors
-        if settings.retime != "off":
-            pictures = decode_latents(pipeline.image_model.vae, keys)[0].float().cpu()  # c f h w in [0, 1]
-            positions = retimed_positions(retime_signal(pictures, settings.retime), anchors[-1])
+        if settings.retime:
+            pictures = decode_latents(pipeline.image_model.vae, keys)[0]  # c f h w in [0, 1]
+            positions = retimed_positions(picture_changes(pictures), num_frames - 1)
         placed.append(positions)
         text, fill_negative = on_fill(text, positions), on_fill(negative, positions)
         condition = torch.zeros(1, channels, num_frames, *shape[2:], dtype=torch.float32)
