@@ -191,8 +191,8 @@ def test_keyframes_first_with_the_bundle_moves_through_the_whole_clip(tmp_path, 
     sidecar = json.loads(output.with_name(output.name + ".json").read_text())
     settings = sidecar["keyframes_first"]
     assert settings["motion_lora"] is True and settings["retime"] is True  # the bundled defaults
-    placed = settings["keyframes"]  # retimed: 16 keyframes from frame 0 to the last frame, in order
-    assert len(placed) == 16 and placed[0] == 0 and placed[-1] == 31 and all(b > a for a, b in zip(placed, placed[1:]))
+    placed = settings["keyframes"]  # retimed: 16 keyframes from frame 0 to frame 30, in order
+    assert len(placed) == 16 and placed[0] == 0 and placed[-1] == 30 and all(b > a for a, b in zip(placed, placed[1:]))
     frames, _ = read_video(output)
     assert frames.shape[0] == 32
     halves = [measure_motion(frames[:16]), measure_motion(frames[16:])]

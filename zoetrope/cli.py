@@ -114,8 +114,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--keyframe-retime", action=argparse.BooleanOptionalAction, default=True,
         help="--keyframes-first: give each gap between keyframes frames in proportion to how much its two keyframe "
-        "pictures differ, evening out the speed, the last keyframe on the last frame (default on; "
-        "--no-keyframe-retime: every k-th frame)",
+        "pictures differ, evening out the speed (default on; --no-keyframe-retime: every k-th frame)",
     )
     group = parser.add_argument_group("prompt travel")
     group.add_argument("--prompt-at", action="append", default=[], metavar='FRAME:"TEXT"', help="prompt keyed at a frame (negative = from the end); repeatable; PROMPT then becomes the head text")
