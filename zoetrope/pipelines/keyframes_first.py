@@ -168,7 +168,7 @@ def rekeyed_prompts(
         if key in moved:
             raise InputError(
                 f"keyframes first: prompts keyed at frames {sources[key]} and {frame} fall on one frame of {where}; "
-                f"key prompts at least {max(b - a for a, b in zip(source, source[1:]))} frames apart"
+                f"key prompts at least {max((b - a for a, b in zip(source, source[1:])), default=num_frames)} frames apart"
             )
         moved[key], sources[key] = text, frame
     return moved
