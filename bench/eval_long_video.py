@@ -88,6 +88,7 @@ def main() -> None:
         "--retime", action=argparse.BooleanOptionalAction, default=True,
         help="--keyframes-first: place keyframes by picture change (default on, as the library; --no-retime: every k-th)",
     )
+    parser.add_argument("--levels", type=int, choices=(1, 2), default=1, help="--keyframes-first: 2 adds a half-rate pass")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--prompt", default="a red circle moving right on a grey background")
     parser.add_argument("--suite-limit", type=int, default=8, help="prompts of the suite used for FreeInit")
@@ -126,7 +127,7 @@ def keyframes_first_settings(pipe, args: argparse.Namespace):
     return KeyframesFirst.from_files(
         pipe, args.control_model or bundled_files()["sparsectrl_rgb"], args.keyframe_lora,
         control_scale=args.control_scale, replace=args.keyframe_replace, fill_guidance=args.fill_guidance,
-        retime=args.retime,
+        retime=args.retime, levels=args.levels,
     )
 
 

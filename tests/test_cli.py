@@ -325,9 +325,10 @@ def test_generate_keyframes_first(files, sparsectrl_file, tmp_path, capsys) -> N
     travelled = tmp_path / "travel.gif"  # prompt travel: the keyed prompts reach both passes, recorded as given
     assert main(["generate", *common, "--prompt-at", "0:a red circle", "--prompt-at", "4:a blue circle",
                  "--context-length", "4", "--context-overlap", "2", "--keyframes-first", "--control-model", str(encoder),
-                 "-o", str(travelled)]) == 0
+                 "--keyframe-levels", "2", "-o", str(travelled)]) == 0
     sidecar = json.loads(travelled.with_name(travelled.name + ".json").read_text())
     assert sidecar["prompt"] == {"0": "a red circle", "4": "a blue circle"} and sidecar["keyframes_first"]["retime"]
+    assert sidecar["keyframes_first"]["levels"] == 2
     refusals = [
         ([], "add --context-length"),
         (["--context-length", "4", "--context-overlap", "2", "--control", "rgb"], "makes its own keyframes"),

@@ -178,3 +178,32 @@ def test_prompt_travel_reaches_both_passes(pipeline, encoder, monkeypatch) -> No
     assert placed[-1] == 6 and calls[1][0] == {0: "a red circle", placed[2]: "a blue circle"}
     with pytest.raises(InputError, match="fall on one frame of the keyframe pass"):
         generate_keyframes_first(pipeline, {0: "a", 1: "b"}, KeyframesFirst(encoder), context=CONTEXT, **settings)
+
+
+def test_two_levels_draw_every_second_frame_before_the_fill(pipeline, encoder, monkeypatch) -> None:
+    """levels=2: keyframe pass, then a half-rate pass (frames 0, 2, 4, ...) with the keyframes at their nearest even
+    frame, then the fill with every 2nd frame as a keyframe (pasted at every step with replace=1, so the fill's even
+    frames are the half-rate pass's latents)."""
+    import zoetrope.pipelines.keyframes_first as module
+
+    calls = []
+
+    def spy(pipeline, prompt, **kwargs):
+        result = generate(pipeline, prompt, **kwargs)
+        control = kwargs.get("control")
+        mask = None if control is None else control.mask[0, 0, :, 0, 0].nonzero().flatten().tolist()
+        calls.append((kwargs["num_frames"], mask, result.latents))
+        return result
+
+    monkeypatch.setattr(module, "generate", spy)
+    settings = dict(SMALL, num_frames=8)
+    result = generate_keyframes_first(
+        pipeline, "a red circle", KeyframesFirst(encoder, replace=1.0, retime=False, levels=2), context=CONTEXT,
+        decode=False, return_latents=True, **settings,
+    )
+    assert [(frames, mask) for frames, mask, _ in calls] == [(4, None), (4, [0, 1, 2, 3]), (8, [0, 2, 4, 6])]
+    half = calls[1][2]
+    assert torch.allclose(result.latents[:, :, ::2], half, atol=0.05 * half.abs().max().item())
+    assert result.settings.extras["keyframes_first"]["levels"] == 2
+    with pytest.raises(ConfigError, match="levels=3"):
+        KeyframesFirst(encoder, levels=3)

@@ -112,6 +112,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--fill-guidance", type=float, default=None, help="guidance while --keyframes-first fills the clip (default: --guidance)")
     group.add_argument(
+        "--keyframe-levels", type=int, choices=(1, 2), default=1,
+        help="--keyframes-first: 2 = draw every 2nd frame between the keyframes first, then the rest (steadier motion "
+        "between keyframes; one more pass at half the frames)",
+    )
+    group.add_argument(
         "--keyframe-retime", action=argparse.BooleanOptionalAction, default=True,
         help="--keyframes-first: give each gap between keyframes frames in proportion to how much its two keyframe "
         "pictures differ, evening out the speed (default on; --no-keyframe-retime: every k-th frame)",
@@ -281,7 +286,7 @@ def _keyframes_first(args: argparse.Namespace, pipeline):
     return KeyframesFirst.from_files(
         pipeline, args.control_model or bundled_files()["sparsectrl_rgb"], lora, spacing=args.keyframe_spacing,
         control_scale=args.control_scale, replace=0.3 if args.keyframe_replace is None else args.keyframe_replace,
-        fill_guidance=args.fill_guidance, retime=args.keyframe_retime,
+        fill_guidance=args.fill_guidance, retime=args.keyframe_retime, levels=args.keyframe_levels,
     )
 
 

@@ -70,6 +70,11 @@ class KeyframesFirst:
                     (`retimed_positions`; costs one VAE decode of the keyframes); False = every `spacing` frames.
                     On by default: on the shapes world it lifts the 64-frame segments that read "right" from 22 / 32
                     to 27 / 32 (docs/world-training.md, twentieth session).
+    levels:         1 = fill every frame straight from the keyframes; 2 = first draw every 2nd frame of the clip
+                    (a half-rate clip, in the same windows, with the keyframes as SparseCtrl keyframes), then fill
+                    the frames between those. Why: between keyframes 4-5 frames apart the fill moves the object in
+                    a step near the next keyframe rather than steadily; with a keyframe every 2nd frame there is one
+                    free frame per gap. Costs a second filling pass at half the frames.
     """
 
     encoder: torch.nn.Module
@@ -79,6 +84,11 @@ class KeyframesFirst:
     replace: float = 0.3
     fill_guidance: float | None = None
     retime: bool = True
+    levels: int = 1
+
+    def __post_init__(self) -> None:
+        if self.levels not in (1, 2):
+            raise ConfigError(f"keyframes first: levels={self.levels!r}; expected 1 or 2 (2 adds a half-rate pass)")
 
     @classmethod
     def from_files(
@@ -231,12 +241,14 @@ def generate_keyframes_first(
     shape = (channels, num_frames, height // scale, width // scale)
     fill_guidance = guidance_scale if settings.fill_guidance is None else settings.fill_guidance
     fill_only = {"return_latents": kwargs.pop("return_latents", False), "decode": kwargs.pop("decode", True)}
-    key_only = {}
-    for name in ("motion_scale", "motion_strength"):  # per-frame lists: the keyframe pass takes the keyframes' values
+    even = list(range(0, num_frames, 2))
+    key_only, half_only = {}, {}
+    for name in ("motion_scale", "motion_strength"):  # per-frame lists: shorter passes take their frames' values
         value = kwargs.pop(name, 1.0)
         per_frame = motion_scale_schedule(value, num_frames)  # checks a list's length against the long clip
         fill_only[name] = value
         key_only[name] = value if isinstance(value, (int, float)) else per_frame[anchors].tolist()
+        half_only[name] = value if isinstance(value, (int, float)) else per_frame[even].tolist()
     negative = kwargs.pop("negative_prompt", None)
     negatives = [negative] * len(prompts) if negative is None or isinstance(negative, (str, Mapping)) else list(negative)
     if len(negatives) == 1:
@@ -256,6 +268,18 @@ def generate_keyframes_first(
             return text
         return rekeyed_prompts(text, num_frames, anchors, positions, "the retimed clip")
 
+    def on_half(text: Any) -> Any:  # a keyed prompt of the fill as the half-rate pass sees it (its frame j = 2 j)
+        if not isinstance(text, Mapping):
+            return text
+        return rekeyed_prompts(text, num_frames, even, list(range(len(even))), "the half-rate pass")
+
+    def sparse(latents: torch.Tensor, frames: list[int], count: int) -> SparseControl:  # latents as RGB keyframes
+        condition = torch.zeros(1, channels, count, *shape[2:], dtype=torch.float32)
+        condition[:, :, frames] = latents.float().cpu()
+        mask = torch.zeros(1, 1, count, *shape[2:], dtype=torch.float32)
+        mask[:, :, frames] = 1.0
+        return SparseControl(settings.encoder, condition, mask, settings.control_scale, settings.replace)
+
     results, placed = [], []
     for text, negative, video_seed in zip(prompts, negatives, seeds):
         start = initial_noise([video_seed], shape, pipeline.device, pipeline.dtype, noise, noise_params)
@@ -272,11 +296,23 @@ def generate_keyframes_first(
             positions = retimed_positions(picture_changes(pictures), anchors[-1])
         placed.append(positions)
         text, fill_negative = on_fill(text, positions), on_fill(negative, positions)
-        condition = torch.zeros(1, channels, num_frames, *shape[2:], dtype=torch.float32)
-        condition[:, :, positions] = keys.float().cpu()
-        mask = torch.zeros(1, 1, num_frames, *shape[2:], dtype=torch.float32)
-        mask[:, :, positions] = 1.0
-        control = SparseControl(settings.encoder, condition, mask, settings.control_scale, settings.replace)
+        guides, guided = keys, positions
+        if settings.levels == 2:  # every 2nd frame first, the keyframes at their nearest even frame
+            slots, chosen = [], []
+            for index, position in enumerate(positions):
+                slot = min(int(round(position / 2)), len(even) - 1)
+                if slot not in slots:
+                    slots.append(slot)
+                    chosen.append(index)
+            guides = generate(
+                pipeline, on_half(text), negative_prompt=on_half(fill_negative), num_frames=len(even), width=width,
+                height=height, seed=video_seed, guidance_scale=fill_guidance, latents=start[:, :, even],
+                context=context if len(even) > context.length else None,
+                control=sparse(keys[:, :, chosen], slots, len(even)), decode=False, return_latents=True,
+                progress=progress, **half_only, **kwargs,
+            ).latents
+            guided = even
+        control = sparse(guides, guided, num_frames)
         results.append(generate(
             pipeline, text, negative_prompt=fill_negative, num_frames=num_frames, width=width, height=height, seed=video_seed,
             guidance_scale=fill_guidance, latents=start, context=context, control=control, progress=progress,
@@ -288,7 +324,7 @@ def generate_keyframes_first(
     extras["keyframes_first"] = {
         "keyframes": placed[0] if len(placed) == 1 else placed, "retime": settings.retime,
         "keyframe_guidance": guidance_scale, "control_scale": settings.control_scale,
-        "replace": settings.replace, "motion_lora": settings.motion_lora is not None,
+        "replace": settings.replace, "motion_lora": settings.motion_lora is not None, "levels": settings.levels,
     }
     if noise is not None:
         extras["noise"] = noise
