@@ -3,6 +3,7 @@
     python bench/bench_long_video.py            # CPU: peak process RSS, each run in its own subprocess
     python bench/bench_long_video.py --device cuda
     python bench/bench_long_video.py --keyframes-first   # also 64 frames keyframes first (+ a SparseCtrl encoder)
+    python bench/bench_long_video.py --keyframes-first --levels 1   # ... without the half-rate pass
 
 Each configuration runs in a fresh subprocess so peaks do not mix. Reported: the peak (RSS on CPU, allocated
 memory on CUDA), the part of it above the same process after loading the model (what sampling itself costs), and
@@ -30,6 +31,7 @@ from zoetrope.pipelines.text_to_video import VideoPipeline, generate
 from zoetrope.sampling.context import ContextConfig
 
 frames, window, size, device, mode = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+levels = int(sys.argv[6]) if len(sys.argv) > 6 else 2
 torch.manual_seed(0)
 unet = UNet2DConditionModel(block_out_channels=(64, 128, 256, 256), cross_attention_dim=64, attention_head_dim=8,
                             norm_num_groups=32, sample_size=size // 8)
@@ -51,7 +53,7 @@ else:
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 context = ContextConfig(length=window, overlap=4) if window else None
 if mode == "keyframes-first":
-    generate_keyframes_first(pipe, "a red circle moving right", KeyframesFirst(encoder), num_frames=frames,
+    generate_keyframes_first(pipe, "a red circle moving right", KeyframesFirst(encoder, levels=levels), num_frames=frames,
                              width=size, height=size, steps=2, seed=0, context=context, progress=False,
                              decode_chunk_size=16)
 else:
@@ -65,8 +67,8 @@ print(json.dumps({"base": base, "peak": peak}))
 """
 
 
-def run(frames: int, window: int, size: int, device: str, mode: str = "windows") -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(frames), str(window), str(size), device, mode],
+def run(frames: int, window: int, size: int, device: str, mode: str = "windows", levels: int = 2) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, str(frames), str(window), str(size), device, mode, str(levels)],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -81,12 +83,13 @@ def main() -> None:
         "--keyframes-first", action="store_true",
         help="also measure the long clip keyframes first (keyframe window, then windows with a SparseCtrl encoder)",
     )
+    parser.add_argument("--levels", type=int, choices=(1, 2), default=2, help="--keyframes-first: 2 (default) adds the half-rate pass")
     args = parser.parse_args()
     short = run(args.window, 0, args.size, args.device)
     runs = {f"{args.frames} frames, {args.window}-frame windows": run(args.frames, args.window, args.size, args.device)}
     if args.keyframes_first:
-        runs[f"{args.frames} frames, keyframes first"] = run(
-            args.frames, args.window, args.size, args.device, "keyframes-first"
+        runs[f"{args.frames} frames, keyframes first, {args.levels} level(s)"] = run(
+            args.frames, args.window, args.size, args.device, "keyframes-first", args.levels
         )
     unit = 2**20
     kind = "allocated" if args.device == "cuda" else "RSS"

@@ -88,7 +88,7 @@ def main() -> None:
         "--retime", action=argparse.BooleanOptionalAction, default=True,
         help="--keyframes-first: place keyframes by picture change (default on, as the library; --no-retime: every k-th)",
     )
-    parser.add_argument("--levels", type=int, choices=(1, 2), default=1, help="--keyframes-first: 2 adds a half-rate pass")
+    parser.add_argument("--levels", type=int, choices=(1, 2), default=2, help="--keyframes-first: 2 (the library's default) adds a half-rate pass; 1 fills straight from the keyframes")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--prompt", default="a red circle moving right on a grey background")
     parser.add_argument("--suite-limit", type=int, default=8, help="prompts of the suite used for FreeInit")

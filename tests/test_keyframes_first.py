@@ -44,7 +44,7 @@ def encoder(pipeline):
 def pasted(pipeline, encoder):
     """A clip whose keyframes are pasted in at every step (replace=1) every 2nd frame (no retiming), latents returned."""
     return generate_keyframes_first(
-        pipeline, "a red circle", KeyframesFirst(encoder, replace=1.0, retime=False), context=CONTEXT, return_latents=True,
+        pipeline, "a red circle", KeyframesFirst(encoder, replace=1.0, retime=False, levels=1), context=CONTEXT, return_latents=True,
         decode=False, **SMALL,
     )
 
@@ -84,7 +84,7 @@ def test_keyframe_lora_is_merged_for_the_keyframe_pass_only(pipeline, encoder, p
         for _, layer in lora.named_layers():
             layer.up.copy_(torch.randn(layer.up.shape, generator=generator) * 0.5)
     with_lora = generate_keyframes_first(
-        pipeline, "a red circle", KeyframesFirst(encoder, replace=1.0, motion_lora=lora, retime=False), context=CONTEXT,
+        pipeline, "a red circle", KeyframesFirst(encoder, replace=1.0, motion_lora=lora, retime=False, levels=1), context=CONTEXT,
         decode=False, return_latents=True, **SMALL,
     )
     assert (with_lora.latents - pasted.latents).abs().max().item() > 1e-3
@@ -166,7 +166,8 @@ def test_prompt_travel_reaches_both_passes(pipeline, encoder, monkeypatch) -> No
         negative_prompt={0: "blurry", -1: "dark"}, decode=False, **settings,
     )
     assert calls[0] == ({0: "a red circle", 2: "a blue circle"}, {0: "blurry", 3: "dark"}, 4)  # keyframes 0, 2, 4, 6
-    assert calls[1] == ({0: "a red circle", 4: "a blue circle"}, {0: "blurry", -1: "dark"}, 8)  # not retimed: as given
+    assert calls[1] == ({0: "a red circle", 2: "a blue circle"}, {0: "blurry", 3: "dark"}, 4)  # half rate: 0, 2, 4, 6
+    assert calls[2] == ({0: "a red circle", 4: "a blue circle"}, {0: "blurry", -1: "dark"}, 8)  # not retimed: as given
     assert result.settings.prompt == [{0: "a red circle", 4: "a blue circle"}]
     assert result.settings.negative_prompt == [{0: "blurry", -1: "dark"}]
     calls.clear()
@@ -175,7 +176,7 @@ def test_prompt_travel_reaches_both_passes(pipeline, encoder, monkeypatch) -> No
         **settings,
     )
     placed = retimed.settings.extras["keyframes_first"]["keyframes"]
-    assert placed[-1] == 6 and calls[1][0] == {0: "a red circle", placed[2]: "a blue circle"}
+    assert placed[-1] == 6 and calls[2][0] == {0: "a red circle", placed[2]: "a blue circle"}
     with pytest.raises(InputError, match="fall on one frame of the keyframe pass"):
         generate_keyframes_first(pipeline, {0: "a", 1: "b"}, KeyframesFirst(encoder), context=CONTEXT, **settings)
 

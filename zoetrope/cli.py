@@ -112,9 +112,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--fill-guidance", type=float, default=None, help="guidance while --keyframes-first fills the clip (default: --guidance)")
     group.add_argument(
-        "--keyframe-levels", type=int, choices=(1, 2), default=1,
-        help="--keyframes-first: 2 = draw every 2nd frame between the keyframes first, then the rest (steadier motion "
-        "between keyframes; one more pass at half the frames)",
+        "--keyframe-levels", type=int, choices=(1, 2), default=2,
+        help="--keyframes-first: 2 (default) = draw every 2nd frame between the keyframes first, then the rest "
+        "(steady motion between keyframes; one more pass at half the frames); 1 = fill straight from the keyframes",
     )
     group.add_argument(
         "--keyframe-retime", action=argparse.BooleanOptionalAction, default=True,
