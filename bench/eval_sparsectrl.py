@@ -47,10 +47,9 @@ import torch
 from einops import rearrange
 
 from zoetrope.errors import InputError
-from zoetrope.formats.sparsectrl import load_sparse_control
 from zoetrope.media import frames_to_uint8, psnr
 from zoetrope.pipelines.components import decode_latents, encode_frames
-from zoetrope.pipelines.image_to_video import prepare_control
+from zoetrope.pipelines.image_to_video import load_control_for, prepare_control
 from zoetrope.pipelines.load import load_pipeline
 from zoetrope.pipelines.text_to_video import generate
 from zoetrope.training.conditions import edge_map
@@ -270,7 +269,7 @@ def main() -> None:
     for name, path in encoders.items():
         if path is None:
             continue
-        encoder = load_sparse_control(path, pipe.video_unet.image_unet).to(device=pipe.device, dtype=pipe.dtype).eval()
+        encoder = load_control_for(pipe, path)
         if encoder.config.condition != "rgb" and args.keyframe_replace:
             parser.error(f"{path} is a {encoder.config.condition} encoder: --keyframe-replace needs an RGB encoder "
                          "(a sketch has no keyframe latent to paste); drop it")

@@ -110,3 +110,17 @@ def test_color_match_moves_frames_to_the_keyframe_colours(pipeline) -> None:
     assert sketch.pictures is None
     with pytest.raises(InputError, match="RGB SparseCtrl keyframes"):
         generate(pipeline, "a red circle", control=sketch, color_match=1.0, **video)
+
+
+def test_load_control_for_puts_a_float16_file_on_the_pipeline(pipeline, tmp_path) -> None:
+    """The bundled encoders are float16 files; `load_control_for` returns one ready for the pipeline (its dtype,
+    eval mode), which `prepare_control` accepts, where the raw loader's result would be refused."""
+    from zoetrope.formats.sparsectrl import load_sparse_control, save_sparse_control
+    from zoetrope.pipelines.image_to_video import load_control_for
+
+    path = save_sparse_control(_encoder(pipeline, "rgb", True).half(), tmp_path / "encoder.safetensors")
+    assert next(load_sparse_control(path, pipeline.video_unet.image_unet).parameters()).dtype == torch.float16
+    encoder = load_control_for(pipeline, path)
+    assert next(encoder.parameters()).dtype == pipeline.dtype and not encoder.training
+    control = prepare_control(pipeline, encoder, [(0, torch.rand(3, 32, 32))], 4, 32, 32)
+    assert control.mask[0, 0, :, 0, 0].tolist() == [1.0, 0.0, 0.0, 0.0]

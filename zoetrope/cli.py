@@ -299,10 +299,9 @@ def _sparse_control(
     `condition` is what the caller asked for ("rgb"/"sketch", None = whatever the file is); a mismatch is an error
     naming the right option, because an RGB encoder fed edge maps (or the reverse) gives silent garbage.
     """
-    from zoetrope.formats.sparsectrl import load_sparse_control
-    from zoetrope.pipelines.image_to_video import prepare_control
+    from zoetrope.pipelines.image_to_video import load_control_for, prepare_control
 
-    encoder = load_sparse_control(path, pipeline.video_unet.image_unet).to(device=pipeline.device, dtype=pipeline.dtype).eval()
+    encoder = load_control_for(pipeline, path)
     if condition is not None and encoder.config.condition != condition:
         raise ConfigError(f"{option} {condition}: {path} is a {encoder.config.condition} SparseCtrl encoder; use {option} {encoder.config.condition}")
     return prepare_control(

@@ -60,6 +60,16 @@ def _check_placement(pipeline: VideoPipeline, encoder: torch.nn.Module) -> None:
         )
 
 
+def load_control_for(pipeline: VideoPipeline, path: str | os.PathLike) -> torch.nn.Module:
+    """A SparseCtrl encoder file (official or diffusers) loaded for `pipeline`'s UNet, on its device and dtype, in
+    eval mode: what `prepare_control` needs (the file's own dtype, float16 for the bundled encoders, would be
+    refused there)."""
+    from zoetrope.formats.sparsectrl import load_sparse_control
+
+    encoder = load_sparse_control(path, pipeline.video_unet.image_unet)
+    return encoder.to(device=pipeline.device, dtype=pipeline.dtype).eval()
+
+
 def prepare_control(
     pipeline: VideoPipeline,
     encoder: torch.nn.Module,

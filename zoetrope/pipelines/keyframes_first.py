@@ -99,11 +99,10 @@ class KeyframesFirst:
         """Settings with the SparseCtrl encoder file `encoder` and the MotionLoRA `motion_lora` ("PATH[:STRENGTH]",
         None or "none" for none) loaded for `pipeline` (its device and dtype); `options` are the other fields."""
         from zoetrope.formats.lora_files import load_motion_lora
-        from zoetrope.formats.sparsectrl import load_sparse_control
+        from zoetrope.pipelines.image_to_video import load_control_for
         from zoetrope.pipelines.load import WeightedFile
 
-        loaded = load_sparse_control(encoder, pipeline.video_unet.image_unet)
-        loaded = loaded.to(device=pipeline.device, dtype=pipeline.dtype).eval()
+        loaded = load_control_for(pipeline, encoder)
         lora = None
         if motion_lora and motion_lora.lower() != "none":
             item = WeightedFile.parse(motion_lora)
