@@ -121,11 +121,9 @@ def main() -> None:
 
 
 def keyframes_first_settings(pipe, args: argparse.Namespace):
-    """`KeyframesFirst` from the bench's options (encoder and keyframe-pass LoRA loaded for `pipe`)."""
-    from zoetrope.world.bundled import bundled_files
-
+    """`KeyframesFirst` from the bench's options (encoder, default bundled, and keyframe-pass LoRA loaded for `pipe`)."""
     return KeyframesFirst.from_files(
-        pipe, args.control_model or bundled_files()["sparsectrl_rgb"], args.keyframe_lora,
+        pipe, args.control_model, args.keyframe_lora,
         control_scale=args.control_scale, replace=args.keyframe_replace, fill_guidance=args.fill_guidance,
         retime=args.retime, levels=args.levels,
     )

@@ -284,7 +284,7 @@ def _keyframes_first(args: argparse.Namespace, pipeline):
     if lora is None and args.model is None and args.motion_module is None:
         lora = str(bundled_files()["motion_lora_fast"])
     return KeyframesFirst.from_files(
-        pipeline, args.control_model or bundled_files()["sparsectrl_rgb"], lora, spacing=args.keyframe_spacing,
+        pipeline, args.control_model, lora, spacing=args.keyframe_spacing,
         control_scale=args.control_scale, replace=0.3 if args.keyframe_replace is None else args.keyframe_replace,
         fill_guidance=args.fill_guidance, retime=args.keyframe_retime, levels=args.keyframe_levels,
     )

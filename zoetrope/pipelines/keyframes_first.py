@@ -42,6 +42,7 @@ from zoetrope.pipelines.text_to_video import (
     SparseControl,
     VideoPipeline,
     VideoResult,
+    _as_list,
     generate,
     initial_noise,
     resolve_seeds,
@@ -94,15 +95,17 @@ class KeyframesFirst:
 
     @classmethod
     def from_files(
-        cls, pipeline: VideoPipeline, encoder: str | os.PathLike, motion_lora: str | None = None, **options: Any
+        cls, pipeline: VideoPipeline, encoder: str | os.PathLike | None, motion_lora: str | None = None, **options: Any
     ) -> "KeyframesFirst":
-        """Settings with the SparseCtrl encoder file `encoder` and the MotionLoRA `motion_lora` ("PATH[:STRENGTH]",
-        None or "none" for none) loaded for `pipeline` (its device and dtype); `options` are the other fields."""
+        """Settings with the SparseCtrl encoder file `encoder` (None = the bundled RGB encoder) and the MotionLoRA
+        `motion_lora` ("PATH[:STRENGTH]", None or "none" for none) loaded for `pipeline` (its device and dtype);
+        `options` are the other fields."""
         from zoetrope.formats.lora_files import load_motion_lora
         from zoetrope.pipelines.image_to_video import load_control_for
         from zoetrope.pipelines.load import WeightedFile
+        from zoetrope.world.bundled import bundled_files
 
-        loaded = load_control_for(pipeline, encoder)
+        loaded = load_control_for(pipeline, encoder or bundled_files()["sparsectrl_rgb"])
         lora = None
         if motion_lora and motion_lora.lower() != "none":
             item = WeightedFile.parse(motion_lora)
@@ -251,11 +254,9 @@ def generate_keyframes_first(
         key_only[name] = value if isinstance(value, (int, float)) else per_frame[anchors].tolist()
         half_only[name] = value if isinstance(value, (int, float)) else per_frame[even].tolist()
     negative = kwargs.pop("negative_prompt", None)
-    negatives = [negative] * len(prompts) if negative is None or isinstance(negative, (str, Mapping)) else list(negative)
-    if len(negatives) == 1:
-        negatives = negatives * len(prompts)
-    if len(negatives) != len(prompts):
-        raise InputError(f"negative_prompt: {len(negatives)} given for {len(prompts)} prompts; give one, or one per prompt")
+    negatives = (  # one per prompt, as `generate` broadcasts them (None -> "")
+        [negative] * len(prompts) if isinstance(negative, Mapping) else _as_list(negative, len(prompts), "negative_prompt")
+    )
     indices = list(range(len(anchors)))
     every = anchors[1] if len(anchors) > 1 else num_frames
 
@@ -333,7 +334,7 @@ def generate_keyframes_first(
             extras["noise_params"] = dict(noise_params)
     combined = replace(  # the prompts as given (keyed on the long clip's frames): the same call gives the same clip
         first, prompt=[p if isinstance(p, str) else dict(p) for p in prompts],
-        negative_prompt=["" if n is None else n if isinstance(n, str) else dict(n) for n in negatives],
+        negative_prompt=[n if isinstance(n, str) else dict(n) for n in negatives],
         seeds=seeds, extras=extras,
     )
     latents = torch.cat([r.latents for r in results]) if fill_only["return_latents"] else None
