@@ -51,13 +51,15 @@ def prompt_grid(count: int) -> list[tuple[str, str, str]]:
 
 
 def stills(
-    pipeline, prompts: list[str], seeds: int, steps: int, guidance: float, rescale: float | None = None
+    pipeline, prompts: list[str], seeds: int, steps: int, guidance: float, rescale: float | None = None,
+    scheduler: str = "ddim",
 ) -> np.ndarray:
     """Stills as float 8-bit levels (len(prompts), seeds, h, w, 3): one generation per prompt, `seeds` frames each
     (independent noise per frame, motion off)."""
     result = generate(
         pipeline, prompts, num_frames=seeds, width=SIZE, height=SIZE, steps=steps, guidance_scale=guidance,
         guidance_rescale=rescale, seed=list(range(len(prompts))), motion_strength=0.0, progress=False,
+        scheduler=scheduler,
     )
     return np.stack([frames_to_uint8(video) for video in result.frames]).astype(np.float64)
 
@@ -113,7 +115,7 @@ def stills_pipeline(model: str, vae: str | None = None):
 
 def evaluate(
     model: str, prompts: int = 24, seeds: int = 4, steps: int = 20, guidance: float = 7.5, rescale: float | None = None,
-    vae: str | None = None,
+    vae: str | None = None, scheduler: str = "ddim",
 ) -> dict:
     """Colour/shape/background accuracy of stills, and the direction response (mean |left - right| in levels).
 
@@ -124,7 +126,7 @@ def evaluate(
     rescale = default_guidance_rescale(pipeline) if rescale is None else rescale
     grid = prompt_grid(prompts)
     texts = [f"a {colour} {shape} on a {background} background" for colour, shape, background in grid]
-    images = stills(pipeline, texts, seeds, steps, guidance, rescale)
+    images = stills(pipeline, texts, seeds, steps, guidance, rescale, scheduler)
     hits, confusion = score_stills(grid, images)
     total = prompts * seeds
     directions, placement = {}, {}
@@ -133,7 +135,7 @@ def evaluate(
             stills(
                 pipeline,
                 [f"a {c} {s} {MOTION_PHRASES[motion]} on a {b} background" for c, s, b in grid[:8]],
-                seeds, steps, guidance, rescale,
+                seeds, steps, guidance, rescale, scheduler,
             )
             for motion in (first, second)
         )
@@ -150,6 +152,7 @@ def evaluate(
         "vae": vae,
         "guidance": guidance,
         "guidance_rescale": rescale,
+        "scheduler": scheduler,
         "stills": total,
         **{f"{name}_accuracy": count / total for name, count in hits.items()},
         "shape_confusion": confusion,
@@ -170,9 +173,12 @@ def main() -> None:
         "--guidance-rescale", type=float, default=None, help="0 = off; default 0.7 for zero-terminal-SNR models, else 0"
     )
     parser.add_argument("--vae", default=None, help="decode with this `vae` stage export instead of the model's VAE")
+    parser.add_argument("--scheduler", default="ddim", help="sampler (zoetrope generate --scheduler names)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
-    results = evaluate(args.model, args.prompts, args.seeds, args.steps, args.guidance, args.guidance_rescale, args.vae)
+    results = evaluate(
+        args.model, args.prompts, args.seeds, args.steps, args.guidance, args.guidance_rescale, args.vae, args.scheduler
+    )
     print(f"{results['model']}: {results['stills']} stills")
     for name in ("colour", "shape", "background"):
         print(f"  {name + ' accuracy':<30}{100 * results[f'{name}_accuracy']:6.1f} %")

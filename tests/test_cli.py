@@ -306,6 +306,10 @@ def test_world_make_with_a_speed_range(tmp_path, capsys) -> None:
     assert moving and all(0.15 <= row["speed"] <= 0.7 for row in moving)
     assert main(["world", "make", str(tmp_path / "bad"), "--speed-range", "0.5", "0.2"]) != 0
     assert "speed_range" in capsys.readouterr().err
+    upright = tmp_path / "upright"
+    assert main(["world", "make", str(upright), "--scale", "0.01", "--angle-range", "0", "0"]) == 0
+    rows = [json.loads(line) for line in (upright / "images" / "metadata.jsonl").read_text().splitlines()]
+    assert rows and all(row["angle"] == 0.0 for row in rows)
 
 
 def test_generate_keyframes_first(files, sparsectrl_file, tmp_path, capsys) -> None:

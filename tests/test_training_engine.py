@@ -328,6 +328,52 @@ def test_resume_is_exact(training_files, tmp_path) -> None:
     assert [row.split(",")[0] for row in rows[1:]] == ["1", "2", "3", "4", "5", "6"]
 
 
+def test_ema_exports_the_moving_average_by_hand_and_resume_is_exact(training_files, tmp_path) -> None:
+    """`ema_decay`: the export holds the average (first update copies, then decay min(d, (1 + s) / (10 + s))),
+    the raw weights keep training untouched, validation and export leave them as they were, and a resumed run
+    ends on the same average as a straight one."""
+    changes = dict(steps=4, lr=1e-2, ema_decay=0.25, checkpoint_every=2, keep_checkpoints=4)
+    config = make_config(training_files, tmp_path / "split", "motion", **changes)
+    trainer = Trainer(config, dataset=TensorClips())
+    raw = [{name: parameter.detach().clone() for name, parameter in trainer.trainable.items()}]
+    for step in (1, 2):
+        trainer.fit(until=step)
+        raw.append({name: parameter.detach().clone() for name, parameter in trainer.trainable.items()})
+    resumed = Trainer(config, resume=True, dataset=TensorClips())
+    exported = load_motion_module(resumed.fit())
+    straight = Trainer(make_config(training_files, tmp_path / "straight", "motion", **changes), dataset=TensorClips())
+    steps = [{name: parameter.detach().clone() for name, parameter in straight.trainable.items()}]
+    for step in range(1, 5):
+        straight.fit(until=step)
+        steps.append({name: parameter.detach().clone() for name, parameter in straight.trainable.items()})
+    for name in raw[1]:  # the split run's raw weights are the straight run's
+        assert torch.equal(raw[1][name], steps[1][name]) and torch.equal(raw[2][name], steps[2][name]), name
+    decays = [0.0, min(0.25, 2 / 11), min(0.25, 3 / 12), min(0.25, 4 / 13)]
+    average = {name: steps[0][name].clone() for name in steps[0]}
+    for decay, after in zip(decays, steps[1:]):
+        for name in average:
+            average[name] = decay * average[name] + (1 - decay) * after[name]
+    loaded = dict(exported.named_parameters())
+    prefix = "unet.motion_modules."
+    assert all(name.startswith(prefix) for name in average)
+    for name, value in average.items():
+        assert torch.allclose(loaded[name[len(prefix):]], value, atol=1e-6), name
+        assert torch.equal(resumed.trainable[name], steps[4][name]), name  # exporting left the raw weights in place
+    assert any(not torch.allclose(value, steps[4][name], atol=1e-4) for name, value in average.items())
+    state = load_training_state(latest_checkpoint(config.output_dir) / "training_state.pt")
+    assert state["ema"]["optimization_step"] == 4 and len(state["ema"]["shadow_params"]) == len(average)
+
+    no_average = make_config(training_files, tmp_path / "split", "motion", **(changes | {"ema_decay": 0.0, "steps": 6}))
+    assert Trainer(no_average, resume=True, dataset=TensorClips()).ema is None  # dropped with a warning
+    plain = make_config(training_files, tmp_path / "plain", "motion", steps=1)
+    train(plain, dataset=TensorClips())
+    plain.ema_decay, plain.steps = 0.9, 2
+    with pytest.raises(CheckpointError, match="no moving average to continue"):
+        Trainer(plain, resume=True, dataset=TensorClips())
+    with pytest.raises(ConfigError, match="ema_decay=1.0"):
+        make_config(training_files, tmp_path, "motion", ema_decay=1.0)
+
+
 def test_resume_with_another_config_is_refused(training_files, tmp_path) -> None:
     config = make_config(training_files, tmp_path, "motion-lora", steps=1)
     train(config, dataset=TensorClips())

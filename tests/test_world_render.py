@@ -223,6 +223,27 @@ def test_speed_range_sets_the_travel_of_translations_only(low: float, high: floa
     assert all(0.3 <= abs(speed) <= 0.45 for speed in rotating)  # the other motions keep their amplitudes
 
 
+def test_angle_range_sets_the_start_orientation_and_rotation_turns_from_it() -> None:
+    upright = WorldConfig(angle_range=(0.0, 0.0))
+    rng = np.random.default_rng(5)
+    specs = [sample_clip_spec(rng, upright) for _ in range(40)]
+    assert all(spec.angle == 0.0 for spec in specs)
+    rotating = sample_clip_spec(rng, upright, motions=("rotate",))
+    angles = object_track(rotating, upright)[3]
+    assert angles[0] == 0.0 and abs(angles[-1]) == pytest.approx(360.0 * abs(rotating.speed))
+    # an upright triangle points up: its top rows hold fewer object pixels than its bottom rows
+    triangle = ClipSpec("triangle", "red", "grey", x=0.5, y=0.5, radius=0.2)
+    mask = np.abs(render_image(triangle, upright).astype(float) - render_image(triangle, upright)[0, 0]).sum(-1) > 60
+    rows = np.nonzero(mask.any(1))[0]
+    assert mask[rows[0] + 2].sum() < mask[rows[-1] - 2].sum()
+    narrow = WorldConfig(angle_range=(10.0, 20.0))
+    assert all(10.0 <= sample_clip_spec(rng, narrow).angle <= 20.0 for _ in range(20))
+    with pytest.raises(ConfigError, match="WorldConfig.angle_range.*low <= high"):
+        WorldConfig(angle_range=(90.0, 0.0))
+    with pytest.raises(ConfigError, match="WorldConfig.angle_range.*two numbers"):
+        WorldConfig(angle_range="up")
+
+
 def test_config_and_spec_errors_name_the_field() -> None:
     with pytest.raises(ConfigError, match="WorldConfig.size"):
         WorldConfig(size=16)

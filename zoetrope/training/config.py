@@ -184,6 +184,14 @@ class TrainConfig:
     which is the v-prediction loss (Salimans & Ho 2022) of the same epsilon-predicting model (kohya's
     `--v_pred_like_loss` at full strength); it cannot be combined with `snr_gamma`, which pulls the other way.
 
+    `ema_decay`: keep an exponential moving average of the trained parameters (Polyak averaging; DDPM, Ho et al.
+    2020, sampled from an EMA at 0.9999; diffusers' `--use_ema`, whose `EMAModel` this uses) and export *it*, not
+    the last weights: a diffusion model's raw weights wander with the noise of each step's few samples, and the
+    average draws cleaner pictures from the same run. The average starts at the weights the run starts from and its
+    decay warms up as min(`ema_decay`, (1 + s) / (10 + s)) at step s, so short runs want 0.99-0.999 (about the last
+    100-1,000 steps) rather than DDPM's 0.9999. Checkpoints keep both: the export (and validation) use the average,
+    the training state keeps the raw weights and the average, so `--resume` is exact. 0 = off.
+
     `prediction_type` / `zero_terminal_snr`: the image UNet's parameterization (`zoetrope.pipelines.components.
     Parameterization`); unset = whatever the image model file says (epsilon, flawed schedule for SD1.5). Only the
     stages that train the whole UNet (`image`, `personalize` with `method: full`) may change it, which is how Lin et
@@ -212,6 +220,7 @@ class TrainConfig:
     weight_decay: float = 1e-2
     adam_eps: float = 1e-8
     grad_clip: float = 1.0
+    ema_decay: float = 0.0
     mixed_precision: MixedPrecision = "no"
     gradient_checkpointing: bool = False
     caption_dropout: float = 0.1
@@ -319,6 +328,11 @@ class TrainConfig:
             raise ConfigError(f"gradient_loss_weight={self.gradient_loss_weight}; expected >= 0 (0 = off)")
         if self.lr <= 0 or self.grad_clip < 0:
             raise ConfigError(f"lr={self.lr}, grad_clip={self.grad_clip}; expected lr > 0 and grad_clip >= 0 (0 = off)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(
+                f"ema_decay={self.ema_decay}; expected a decay in [0, 1) (0 = off; 0.999 averages about the last "
+                "1,000 steps)"
+            )
         if self.lora.rank < 1:
             raise ConfigError(f"lora.rank={self.lora.rank}; expected an integer >= 1")
 

@@ -396,6 +396,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, config.steps, config.warmup_steps, config.lr_schedule)
         )
+        self.ema = self._make_ema()
         self.autocast_dtype = self._autocast_dtype()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
         if self.stage.objective == "epsilon":
@@ -423,6 +424,31 @@ class Trainer:
         self.dist.barrier()
 
     # ------------------------------------------------------------------ setup helpers
+    def _make_ema(self) -> Any:
+        """diffusers' EMAModel over the trained parameters (`ema_decay`), or None when off.
+
+        Imported here: `diffusers.training_utils` costs seconds to import, and most runs do not average.
+        """
+        if not self.config.ema_decay:
+            return None
+        from diffusers.training_utils import EMAModel
+
+        return EMAModel(list(self.trainable.values()), decay=self.config.ema_decay, foreach=True)
+
+    @contextlib.contextmanager
+    def averaged(self) -> Iterator[None]:
+        """The trained parameters hold the moving average inside the block (no-op without `ema_decay`)."""
+        if self.ema is None:
+            yield
+            return
+        parameters = list(self.trainable.values())
+        self.ema.store(parameters)
+        self.ema.copy_to(parameters)
+        try:
+            yield
+        finally:
+            self.ema.restore(parameters)
+
     def _check_cacheable(self) -> None:
         """`cache_latents` needs latents that are a fixed function of the item (see `TrainConfig`)."""
         name = self.stage.name
@@ -618,6 +644,8 @@ class Trainer:
         while self.step < stop:
             loss = self.accumulate([next(stream) for _ in range(config.grad_accumulation)])
             grad_norm = self.optimizer_step()
+            if self.ema is not None:
+                self.ema.step(self.trainable.values())
             self.step += 1
             window_loss, window_steps = window_loss + loss, window_steps + 1
             progress.update(1)
@@ -635,7 +663,8 @@ class Trainer:
         final = None
         if self.step >= config.steps:
             if config.calibrate_scaling_factor:
-                self.calibrate_scaling_factor()
+                with self.averaged():  # the latents of the VAE that is exported
+                    self.calibrate_scaling_factor()
             final = self.export(self.output / self.stage.export_name(config))
         self.dist.barrier()
         if self.dist.is_main:
@@ -685,12 +714,15 @@ class Trainer:
         """Rank 0 writes the trained parameters in the user format (others wait)."""
         written = None
         if self.dist.is_main:
-            written = self.stage.export(self.model, path, export_metadata(self.config, self.stage, self.step))
+            with self.averaged():
+                written = self.stage.export(self.model, path, export_metadata(self.config, self.stage, self.step))
         self.dist.barrier()
         return written
 
     def training_state(self, rng_states: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
+        """What `--resume` needs beyond the export: the raw trained weights (the export may be their average),
+        optimizer, schedules, data position and every rank's RNG."""
+        state = {
             "step": self.step,
             "epoch": self.epoch,
             "position": self.position,
@@ -702,6 +734,10 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rng_states,
         }
+        if self.ema is not None:
+            ema = self.ema.state_dict()
+            state["ema"] = {**ema, "shadow_params": [tensor.detach().cpu().clone() for tensor in ema["shadow_params"]]}
+        return state
 
     def checkpoint(self) -> None:
         """Atomic checkpoint by rank 0 (export + training state with every rank's RNG), between two barriers."""
@@ -713,14 +749,14 @@ class Trainer:
             gathered = [local]
         self.dist.barrier()
         if self.dist.is_main:
-            write_checkpoint(
-                self.output, self.step,
-                lambda folder: self.stage.export(
-                    self.model, folder / self.stage.export_name(self.config),
-                    export_metadata(self.config, self.stage, self.step),
-                ),
-                self.training_state(gathered), keep=self.config.keep_checkpoints,
-            )
+            def export(folder: Path) -> Path:
+                with self.averaged():
+                    return self.stage.export(
+                        self.model, folder / self.stage.export_name(self.config),
+                        export_metadata(self.config, self.stage, self.step),
+                    )
+
+            write_checkpoint(self.output, self.step, export, self.training_state(gathered), keep=self.config.keep_checkpoints)
         self.dist.barrier()
 
     def _resume(self) -> int | None:
@@ -740,6 +776,7 @@ class Trainer:
         with torch.no_grad():
             for name, parameter in self.trainable.items():
                 parameter.copy_(saved[name].to(parameter))
+        self._resume_ema(folder, state.get("ema"))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -755,6 +792,27 @@ class Trainer:
             self.generator.manual_seed(self.config.seed + self.dist.rank + 1_000_003 * self.step)
         logger.info("resumed from %s at step %d (epoch %d, sample %d)", folder, self.step, self.epoch, self.position)
         return self.step
+
+    def _resume_ema(self, folder: Path, saved: Mapping[str, Any] | None) -> None:
+        """Restore the moving average; a checkpoint without one cannot continue an averaged run exactly."""
+        if self.ema is None:
+            if saved is not None:
+                logger.warning("%s holds a moving average (ema_decay) and this config has none: it is dropped", folder)
+            return
+        if saved is None:
+            raise CheckpointError(
+                f"{folder}: written without ema_decay, so there is no moving average to continue; resume with the "
+                "config the run started with, or start a new run from this checkpoint's export with ema_decay set"
+            )
+        shadow = saved["shadow_params"]
+        if len(shadow) != len(self.trainable) or any(
+            tensor.shape != parameter.shape for tensor, parameter in zip(shadow, self.trainable.values())
+        ):
+            raise CheckpointError(f"{folder}: the moving average does not match this config's trained parameters")
+        self.ema.load_state_dict(dict(saved))
+        self.ema.shadow_params = [
+            tensor.to(parameter) for tensor, parameter in zip(self.ema.shadow_params, self.trainable.values())
+        ]
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
@@ -772,7 +830,7 @@ class Trainer:
             size = self.config.validation_size
             self.module.eval()
             try:
-                with self.autocast():
+                with self.autocast(), self.averaged():
                     result = generate(
                         pipeline, list(self.config.validation_prompts), num_frames=frames, width=size, height=size,
                         steps=self.config.validation_steps, guidance_scale=self.config.validation_guidance,
