@@ -116,6 +116,15 @@ _GLYPHS: dict[str, tuple[str, ...]] = {
 _WATERMARK_WORD = "ZOETROPE"
 
 
+def _number_pair(name: str, value: Any, example: str) -> tuple[float, float]:
+    """A WorldConfig (low, high) field as two floats (YAML and the CLI give lists), or a ConfigError naming it."""
+    try:
+        pair = tuple(float(item) for item in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"WorldConfig.{name}: found {value!r}, expected two numbers (low, high), e.g. {example}") from None
+    return pair  # type: ignore[return-value]
+
+
 @dataclass
 class WorldConfig:
     """What the world contains and how it is rendered.
@@ -167,18 +176,8 @@ class WorldConfig:
 
     def __post_init__(self) -> None:
         self.shapes, self.colours = tuple(self.shapes), tuple(self.colours)
-        try:
-            self.speed_range = tuple(float(value) for value in self.speed_range)  # type: ignore[assignment]
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"WorldConfig.speed_range: found {self.speed_range!r}, expected two numbers (low, high), e.g. (0.3, 0.45)"
-            ) from None
-        try:
-            self.angle_range = tuple(float(value) for value in self.angle_range)  # type: ignore[assignment]
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"WorldConfig.angle_range: found {self.angle_range!r}, expected two numbers (low, high) in degrees"
-            ) from None
+        self.speed_range = _number_pair("speed_range", self.speed_range, "(0.3, 0.45)")
+        self.angle_range = _number_pair("angle_range", self.angle_range, "(0, 360) in degrees")
         if len(self.angle_range) != 2 or not self.angle_range[0] <= self.angle_range[1]:
             raise ConfigError(
                 f"WorldConfig.angle_range: found {self.angle_range}, expected (low, high) in degrees with low <= high, "
