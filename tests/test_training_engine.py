@@ -447,6 +447,44 @@ def test_decoder_only_vae_fine_tune_keeps_the_latent_space(tmp_path) -> None:
         load_train_config({**values, "stage": "image"})
 
 
+def test_vae_anchor_weight_holds_the_encoder_near_its_start_and_only_as_asked(tmp_path) -> None:
+    """`vae_anchor_weight`: the anchor term is 0 at the start and equals its definition, the anchored encoder's
+    latents drift less than a free one's over the same steps, trainable parameters exclude the frozen copy, and
+    the option is refused where it means nothing."""
+    vae_arguments = dict(
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+        block_out_channels=[8, 16], layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=SIZE,
+        scaling_factor=2.0,
+    )
+    values = {"stage": "vae", "output_dir": str(tmp_path / "free"), "steps": 6, "batch_size": 2, "lr": 2e-2,
+              "checkpoint_every": 0, "log_every": 1, "model": {"architecture": {"vae": vae_arguments}}}
+    pixels = TensorClips(count=4, image=True).clips[:, 0]
+
+    def means(trainer: Trainer) -> torch.Tensor:
+        with torch.no_grad():
+            return trainer.model.image_model.vae.encode(pixels).latent_dist.mean
+
+    drift = {}
+    for name, weight in (("free", 0.0), ("anchored", 1e3)):
+        trainer = Trainer(load_train_config({**values, "output_dir": str(tmp_path / name), "vae_anchor_weight": weight}),
+                          dataset=TensorClips(image=True))
+        assert not any(name.startswith("anchor.") for name in trainer.trainable)
+        start = means(trainer)
+        if weight:
+            _, _, term = trainer.module(pixels, torch.zeros(4, 4, SIZE // 2, SIZE // 2))
+            assert torch.allclose(term, torch.zeros(4), atol=1e-12)
+        trainer.fit()
+        drift[name] = float((means(trainer) - start).pow(2).mean())
+        if weight:
+            _, _, term = trainer.module(pixels, torch.zeros(4, 4, SIZE // 2, SIZE // 2))
+            expected = ((means(trainer) - start) * 2.0).pow(2).flatten(1).mean(1)
+            assert torch.allclose(term, expected, rtol=1e-4, atol=1e-9) and term.sum() > 0
+    assert drift["anchored"] < 0.2 * drift["free"], drift
+    for bad in ({"vae_train": "decoder"}, {"calibrate_scaling_factor": True}, {"stage": "image"}):
+        with pytest.raises(ConfigError, match="vae_anchor_weight"):
+            load_train_config({**values, "vae_anchor_weight": 1.0, **bad})
+
+
 def test_vae_initial_logvar_starts_a_near_deterministic_posterior(tmp_path) -> None:
     vae_arguments = dict(
         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
@@ -744,7 +782,8 @@ def test_vae_loss_options_change_the_pixel_term(tmp_path) -> None:
         with torch.no_grad():
             losses[name] = float(trainer.micro_loss(batch))
             eps = torch.randn((2, 4, SIZE // 2, SIZE // 2), generator=torch.Generator().manual_seed(config.seed))
-            reconstruction, _ = trainer.network(batch["pixel_values"], eps)
+            reconstruction, _, anchor = trainer.network(batch["pixel_values"], eps)
+            assert anchor is None
             parts[name] = (F.mse_loss(reconstruction, batch["pixel_values"]), F.l1_loss(reconstruction, batch["pixel_values"]),
                            gradient_difference_loss(reconstruction, batch["pixel_values"]))
     assert math.isclose(losses["mse"], float(parts["mse"][0]), rel_tol=1e-5)

@@ -83,6 +83,9 @@ train captions-vz "$X/motion-captions-vz.yaml"
 train personalize-vz configs/world/personalize.yaml --set output_dir=$RUNS/personalize-vz \
     --set model.image_model=$RUNS/image-vz/model.safetensors
 train vae-decoder $X/vae-decoder-styles.yaml
+# The pastel model on a VAE whose encoder tells pale colours from saturated ones (twenty-second session).
+train vae-anchored $X/vae-anchored-styles.yaml
+train personalize-anchored $X/personalize-anchored.yaml
 train sparsectrl-rgb-vz $X/sparsectrl-rgb-vz.yaml
 train sparsectrl-sketch-vz $X/sparsectrl-sketch-vz.yaml
 # ... continued against the shipped module (seventeenth session)
@@ -100,9 +103,9 @@ train fast-lora $X/motion-lora-fast.yaml
 
 # 3. Install (float16 copies; the decoder fine-tune goes inside both image models).
 [ "${SKIP_INSTALL:-0}" = 1 ] && exit 0
+python -m zoetrope.world.bundled personalized_model="$RUNS/personalize-anchored/model.safetensors"  # its own VAE
 python -m zoetrope.world.bundled --vae "$RUNS/vae-decoder-styles/vae.safetensors" \
     model="$RUNS/image-vz/model.safetensors" \
-    personalized_model="$RUNS/personalize-vz/model.safetensors" \
     motion_module="$RUNS/captions-vz/motion_module.safetensors" \
     domain_adapter="$RUNS/adapter-vz/domain_adapter.safetensors" \
     motion_lora_zoom_in="$RUNS/zoom-lora-capt/motion_lora.safetensors" \

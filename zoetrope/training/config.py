@@ -155,6 +155,15 @@ class TrainConfig:
     the pastel style's pale colours) no decoder can recover (docs/world-training.md, thirteenth session). It rules
     out `calibrate_scaling_factor`, which would rescale that latent space.
 
+    `vae_anchor_weight` (`vae` stage, whole autoencoder): add that weight times the mean squared distance between
+    the encoder's posterior means and those of the encoder the run started from (scaled, unit-variance latent
+    units). Why: a decoder-only fine-tune cannot separate what the encoder merges (the pastel style's pale colours),
+    and a free encoder fine-tune moves every latent, so every model above the VAE would need retraining. Anchored,
+    the pictures the old encoder already reconstructs have no reason to move and stay put, while the ones it
+    reconstructs badly (a new domain in the data) pay the anchor to move where the decoder can tell them apart:
+    the models trained on the old latents still fit, and a model fine-tuned afterwards (a personalisation) can use
+    the new region. 0 = off.
+
     `caption_phrase_dropout` / `caption_phrase_pattern`: with that probability per sample (drawn before
     `caption_dropout`), every match of the regular expression is cut from the caption. Why: a phrase present in
     every training caption becomes part of what the model expects, and a prompt without it falls off the training
@@ -233,6 +242,7 @@ class TrainConfig:
     cache_latents: bool = False
     calibrate_scaling_factor: bool = False
     vae_train: Literal["all", "decoder"] = "all"
+    vae_anchor_weight: float = 0.0
     snr_gamma: Optional[float] = None
     timestep_sampling: Literal["uniform", "logit_normal"] = "uniform"
     timestep_mean: float = 0.0
@@ -298,6 +308,13 @@ class TrainConfig:
             raise ConfigError(
                 "vae_train: decoder keeps the latent space the image model was trained on; calibrate_scaling_factor "
                 "would rescale it. Remove calibrate_scaling_factor (or train the whole VAE: vae_train: all)"
+            )
+        if self.vae_anchor_weight < 0:
+            raise ConfigError(f"vae_anchor_weight={self.vae_anchor_weight}; expected >= 0 (0 = off)")
+        if self.vae_anchor_weight > 0 and (self.stage != "vae" or self.vae_train != "all" or self.calibrate_scaling_factor):
+            raise ConfigError(
+                "vae_anchor_weight keeps a fine-tuned VAE encoder near the latents it started with; it needs stage: vae "
+                "with vae_train: all and no calibrate_scaling_factor (which would rescale those latents)"
             )
         if self.loss_weighting == "v" and self.snr_gamma is not None:
             raise ConfigError("loss_weighting: v and snr_gamma weight the loss in opposite directions; keep one of them")

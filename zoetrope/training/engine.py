@@ -369,7 +369,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(rank_seed)
 
         # 2. The module that trains, on the device, with only the stage's parameters requiring grad.
-        self.module = build_module(self.model, self.stage)
+        self.module = build_module(self.model, self.stage, anchored=config.vae_anchor_weight > 0)
         for part in self.model.modules().values():
             part.to(self.device)
         self.module.to(self.device)
@@ -559,12 +559,14 @@ class Trainer:
             shape = (pixels.shape[0], latent_channels, pixels.shape[-2] // factor, pixels.shape[-1] // factor)
             eps = torch.randn(shape, generator=self.generator).to(self.device)
             with self.autocast():
-                reconstruction, kl = self.network(pixels, eps)
+                reconstruction, kl, anchor = self.network(pixels, eps)
             # LDM's autoencoder objective (Rombach et al. 2022, appendix G) without the perceptual/GAN terms.
             pixel_loss = F.l1_loss if self.config.reconstruction_loss == "l1" else F.mse_loss
             loss = pixel_loss(reconstruction.float(), pixels) + self.config.kl_weight * kl.float().mean()
             if self.config.gradient_loss_weight:
                 loss = loss + self.config.gradient_loss_weight * gradient_difference_loss(reconstruction.float(), pixels)
+            if anchor is not None:
+                loss = loss + self.config.vae_anchor_weight * anchor.float().mean()
             return loss
         inputs = self.diffusion_inputs(batch)
         noisy = self.noise_scheduler.add_noise(inputs["latents"], inputs["noise"], inputs["timesteps"])

@@ -28,6 +28,8 @@ the one stage with per-sample inputs besides latents and text, declared by `Stag
 
 from __future__ import annotations
 
+import copy
+
 import json
 import logging
 import math
@@ -157,19 +159,40 @@ class ControlledDenoiser(Denoiser):
 class Autoencoder(nn.Module):
     """The VAE as trained by the `vae` stage: encode, reparameterised sample, decode.
 
-    `forward(pixels, eps)` returns `(reconstruction, kl)` with `kl` per sample; `eps` is the standard normal draw of
-    the reparameterisation trick (Kingma & Welling 2014, eq. 10), passed in so randomness stays with the caller.
+    `forward(pixels, eps)` returns `(reconstruction, kl, anchor)` with `kl` per sample; `eps` is the standard normal
+    draw of the reparameterisation trick (Kingma & Welling 2014, eq. 10), passed in so randomness stays with the
+    caller. With `anchored`, a frozen copy of the starting encoder is kept and `anchor` is each sample's mean squared
+    distance between the trained and the starting posterior means, in scaled (unit-variance) latent units; else None.
     """
 
-    def __init__(self, vae: nn.Module) -> None:
+    def __init__(self, vae: nn.Module, anchored: bool = False) -> None:
         super().__init__()
         self.vae = vae
+        self.anchor: nn.ModuleDict | None = None
+        if anchored:
+            parts = {"encoder": copy.deepcopy(vae.encoder)}
+            if getattr(vae, "quant_conv", None) is not None:
+                parts["quant_conv"] = copy.deepcopy(vae.quant_conv)
+            self.anchor = nn.ModuleDict(parts).requires_grad_(False)
 
-    def forward(self, pixels: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _anchor_means(self, pixels: torch.Tensor) -> torch.Tensor:
+        assert self.anchor is not None
+        moments = self.anchor["encoder"](pixels)
+        if "quant_conv" in self.anchor:
+            moments = self.anchor["quant_conv"](moments)
+        return moments.chunk(2, dim=1)[0]
+
+    def forward(self, pixels: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         posterior = self.vae.encode(pixels).latent_dist
         latents = posterior.mean + posterior.std * eps.to(posterior.mean)
         reconstruction = self.vae.decode(latents).sample
-        return reconstruction, posterior.kl()
+        anchor = None
+        if self.anchor is not None:
+            with torch.no_grad():
+                start = self._anchor_means(pixels)
+            scale = float(self.vae.config.scaling_factor)
+            anchor = ((posterior.mean - start) * scale).pow(2).flatten(1).mean(dim=1)
+        return reconstruction, posterior.kl(), anchor
 
 
 # ---------------------------------------------------------------------------------------------------- the stage
@@ -578,10 +601,11 @@ def assemble(config: TrainConfig, stage: Stage, generator: torch.Generator) -> S
     return model
 
 
-def build_module(model: StageModel, stage: Stage) -> nn.Module:
-    """The module the engine calls (and DDP wraps): a `Denoiser`, or the `Autoencoder` for the `vae` stage."""
+def build_module(model: StageModel, stage: Stage, anchored: bool = False) -> nn.Module:
+    """The module the engine calls (and DDP wraps): a `Denoiser`, or the `Autoencoder` for the `vae` stage
+    (`anchored`: it keeps the starting encoder, for `vae_anchor_weight`)."""
     if stage.objective == "reconstruction":
-        return Autoencoder(model.image_model.vae)
+        return Autoencoder(model.image_model.vae, anchored)
     unet = model.video_unet if model.video_unet is not None else model.image_model.unet
     if model.control is not None:
         return ControlledDenoiser(unet, model.image_model.text_encoder, model.networks, model.control)
