@@ -330,7 +330,7 @@ def test_resume_is_exact(training_files, tmp_path) -> None:
 
 def test_ema_exports_the_moving_average_by_hand_and_resume_is_exact(training_files, tmp_path) -> None:
     """`ema_decay`: the export holds the average (first update copies, then decay min(d, (1 + s) / (10 + s))),
-    the raw weights keep training untouched, validation and export leave them as they were, and a resumed run
+    the raw weights keep training untouched (exporting leaves them as they were), and a resumed run
     ends on the same average as a straight one."""
     changes = dict(steps=4, lr=1e-2, ema_decay=0.25, checkpoint_every=2, keep_checkpoints=4)
     config = make_config(training_files, tmp_path / "split", "motion", **changes)

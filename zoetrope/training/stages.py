@@ -29,7 +29,6 @@ the one stage with per-sample inputs besides latents and text, declared by `Stag
 from __future__ import annotations
 
 import copy
-
 import json
 import logging
 import math

@@ -153,10 +153,11 @@ class WorldConfig:
     vertical motions (which must also clear the watermark band) come out slower than the horizontal ones.
 
     `angle_range` is the (low, high) start orientation in degrees, drawn uniformly per clip and image; a rotating
-    clip turns from there. The default (0, 360) is what every shipped model saw. Why a knob: an image model that
-    must draw each shape at every orientation is asked for a harder distribution than "a triangle"; the shapes
-    world's small models drew the rotation average (a round blob the size of the shape's core) for a long time, and
-    (0, 0) draws every shape upright (docs/world-training.md, twenty-second session).
+    clip turns from there. The default (0, 360) is what every shipped model saw; (0, 0) draws every shape upright.
+    Why a knob: the world's small image models draw triangles and stars as round dots the size of the shape's core,
+    what all its orientations share, which suggested the orientation was what they could not learn; measured, an
+    upright world did not make them draw shapes sooner (docs/world-training.md, twenty-second session), but a world
+    of upright shapes is a fair, simpler distribution to train and test on.
     """
 
     size: int = 64
