@@ -150,6 +150,23 @@ def test_camera_measurement_matches_the_spec_and_ignores_object_motion(config: W
         assert classify_camera(render_clip(spec, config)) == "none", caption(spec)
 
 
+def test_camera_measurement_in_a_region_tells_a_whole_zoom_from_a_zoom_at_the_edges() -> None:
+    """`measure_camera(region=...)`: a true zoom reads the same in the frame's middle and near its edges; a clip
+    whose edges zoom while its middle holds still reads a zoom only at the edges (bench/probe_zoom_regions.py)."""
+    base = ClipSpec("star", "cyan", "navy", "still", x=0.5, y=0.3, radius=0.08, camera_speed=0.4, texture_seed=5)
+    zoom = render_clip(dataclasses.replace(base, camera="zoom in"), CONFIG)
+    still = render_clip(base, CONFIG)
+    axis = np.arange(64) + 0.5 - 32
+    centre = np.maximum(np.abs(axis)[:, None], np.abs(axis)[None, :]) < 16
+    middle, edges = measure_camera(zoom, region=centre).log_zoom, measure_camera(zoom, region=~centre).log_zoom
+    assert middle == pytest.approx(np.log(1.4), rel=0.3) and edges == pytest.approx(np.log(1.4), rel=0.3)
+    partial = np.where(centre[None, :, :, None], still, zoom)
+    assert measure_camera(partial, region=~centre).log_zoom == pytest.approx(edges, rel=0.1)
+    assert abs(measure_camera(partial, region=centre).log_zoom) < 0.05
+    with pytest.raises(InputError, match="region of shape"):
+        measure_camera(zoom, region=centre[:32])
+
+
 def test_temporal_consistency_numbers() -> None:
     still = render_clip(ClipSpec("square", "red", "grey", "still", x=0.5, y=0.4, radius=0.15), CONFIG)
     steady = temporal_consistency(still)

@@ -551,13 +551,17 @@ class CameraMeasurement:
     log_zoom: float
 
 
-def measure_camera(clip: np.ndarray, config: WorldConfig | None = None) -> CameraMeasurement:
+def measure_camera(
+    clip: np.ndarray, config: WorldConfig | None = None, region: np.ndarray | None = None
+) -> CameraMeasurement:
     """Fit a translation + zoom flow u = a + s (x - cx), v = b + s (y - cy) to every consecutive frame pair.
 
     Brightness constancy I_x u + I_y v + I_t = 0 (Lucas & Kanade 1981) is solved by least squares over background
     pixels only (foreground dilated by 2 px, the watermark band and the frame border excluded) on lightly blurred
     luminance; a, b and s summed over the pairs give the clip's pan (px) and log zoom. Content sliding right
-    (a > 0) is a camera panning left.
+    (a > 0) is a camera panning left. `region` (h, w bool) restricts the fit to those pixels, with the same centre:
+    a true zoom reads the same in the frame's middle and near its edges, which is how a model that expands only
+    part of the frame is told apart (docs/world-training.md, twenty-second session).
     """
     frames = _as_clip(clip)
     count, height, width, _ = frames.shape
@@ -571,8 +575,14 @@ def measure_camera(clip: np.ndarray, config: WorldConfig | None = None) -> Camer
     excluded = _dilate(swept | (segmentation.distance > TRAIL_CONTRAST), 2)
     margin = 3
     top = height - _band(height, config) - margin
-    region = np.zeros((height, width), dtype=bool)
-    region[margin:top, margin : width - margin] = True
+    inside = np.zeros((height, width), dtype=bool)
+    inside[margin:top, margin : width - margin] = True
+    if region is not None:
+        region = np.asarray(region, dtype=bool)
+        if region.shape != (height, width):
+            raise InputError(f"measure_camera: region of shape {region.shape}, expected the frame's {(height, width)}")
+        inside &= region
+    region = inside
     grid_y, grid_x = np.meshgrid(
         np.arange(height) + 0.5 - height / 2, np.arange(width) + 0.5 - width / 2, indexing="ij"
     )
