@@ -712,12 +712,14 @@ class Trainer:
         return 1.0 / std
 
     # ------------------------------------------------------------------ export, checkpoint, resume
+    def _write_export(self, path: Path) -> Path:
+        """The stage's user-format file of the trained parameters (their moving average with `ema_decay`)."""
+        with self.averaged():
+            return self.stage.export(self.model, path, export_metadata(self.config, self.stage, self.step))
+
     def export(self, path: Path) -> Path | None:
         """Rank 0 writes the trained parameters in the user format (others wait)."""
-        written = None
-        if self.dist.is_main:
-            with self.averaged():
-                written = self.stage.export(self.model, path, export_metadata(self.config, self.stage, self.step))
+        written = self._write_export(path) if self.dist.is_main else None
         self.dist.barrier()
         return written
 
@@ -751,14 +753,11 @@ class Trainer:
             gathered = [local]
         self.dist.barrier()
         if self.dist.is_main:
-            def export(folder: Path) -> Path:
-                with self.averaged():
-                    return self.stage.export(
-                        self.model, folder / self.stage.export_name(self.config),
-                        export_metadata(self.config, self.stage, self.step),
-                    )
-
-            write_checkpoint(self.output, self.step, export, self.training_state(gathered), keep=self.config.keep_checkpoints)
+            write_checkpoint(
+                self.output, self.step,
+                lambda folder: self._write_export(folder / self.stage.export_name(self.config)),
+                self.training_state(gathered), keep=self.config.keep_checkpoints,
+            )
         self.dist.barrier()
 
     def _resume(self) -> int | None:

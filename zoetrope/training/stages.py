@@ -167,19 +167,12 @@ class Autoencoder(nn.Module):
     def __init__(self, vae: nn.Module, anchored: bool = False) -> None:
         super().__init__()
         self.vae = vae
-        self.anchor: nn.ModuleDict | None = None
-        if anchored:
-            parts = {"encoder": copy.deepcopy(vae.encoder)}
-            if getattr(vae, "quant_conv", None) is not None:
-                parts["quant_conv"] = copy.deepcopy(vae.quant_conv)
-            self.anchor = nn.ModuleDict(parts).requires_grad_(False)
-
-    def _anchor_means(self, pixels: torch.Tensor) -> torch.Tensor:
-        assert self.anchor is not None
-        moments = self.anchor["encoder"](pixels)
-        if "quant_conv" in self.anchor:
-            moments = self.anchor["quant_conv"](moments)
-        return moments.chunk(2, dim=1)[0]
+        self.anchor: nn.Module | None = None
+        if anchored:  # a frozen copy of the encoding side only (`encode` never touches the decoder)
+            self.anchor = copy.deepcopy(vae).requires_grad_(False)
+            del self.anchor.decoder
+            if getattr(self.anchor, "post_quant_conv", None) is not None:
+                del self.anchor.post_quant_conv
 
     def forward(self, pixels: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         posterior = self.vae.encode(pixels).latent_dist
@@ -188,7 +181,7 @@ class Autoencoder(nn.Module):
         anchor = None
         if self.anchor is not None:
             with torch.no_grad():
-                start = self._anchor_means(pixels)
+                start = self.anchor.encode(pixels).latent_dist.mean
             scale = float(self.vae.config.scaling_factor)
             anchor = ((posterior.mean - start) * scale).pow(2).flatten(1).mean(dim=1)
         return reconstruction, posterior.kl(), anchor
