@@ -101,7 +101,7 @@ def test_generate_with_travel_windows_and_noise_flags(files, tmp_path, capsys) -
         "--model", str(model), "--motion-module", str(motion), "--frames", "10", "--context-length", "6",
         "--context-overlap", "2", "--show-windows", "--noise", "pyoco_mixed", "--noise-param", "alpha=1.0",
         "--motion-scale", "1.2", "--width", "32", "--height", "32", "--steps", "2", "--seed", "1", "-o", str(out),
-        "--zero-snr",
+        "--zero-snr", "--guidance-end", "2",
     ])
     assert code == 0 and _frame_count(out) == 10
     printed = capsys.readouterr().out
@@ -110,6 +110,7 @@ def test_generate_with_travel_windows_and_noise_flags(files, tmp_path, capsys) -
     assert sidecar["prompt"] == {"0": "a red circle", "-1": "a blue star"} or sidecar["prompt"]["0"] == "a red circle"
     assert sidecar["context"]["length"] == 6 and sidecar["noise"] == "pyoco_mixed"
     assert sidecar["prediction_type"] == "v_prediction" and sidecar["zero_terminal_snr"] is True
+    assert sidecar["guidance_end"] == 2.0  # a guidance schedule through context windows
 
 
 def test_video_to_video_keeps_frames_and_fps(files, tmp_path) -> None:
@@ -240,9 +241,9 @@ def test_eval_scores_style_when_the_suffix_is_a_style_trigger(files, tmp_path) -
     model, motion = files
     out = tmp_path / "eval.json"
     assert main(["eval", "--model", str(model), "--motion-module", str(motion), "--limit", "2", "--frames", "4",
-                 "--steps", "1", "--suffix", "in zxq style", "-o", str(out)]) == 0
+                 "--steps", "1", "--suffix", "in zxq style", "--guidance-end", "1", "-o", str(out)]) == 0
     results = json.loads(out.read_text())
-    assert len(results["clips"]) == 2
+    assert len(results["clips"]) == 2 and results["settings"]["guidance_end"] == 1.0
     assert all(row["style_correct"] is not None for row in results["clips"])  # style is scored, not n/a
 
 

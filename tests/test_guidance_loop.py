@@ -8,7 +8,9 @@ from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler
 
 from zoetrope.errors import ConfigError, InputError
 from zoetrope.sampling.context import ContextConfig, wrap_predict_with_context
-from zoetrope.sampling.guidance import cfg, cfg_batch, guided, motion_scale_schedule, rescale_guidance, split_cfg_batch
+from zoetrope.sampling.guidance import (
+    cfg, cfg_batch, guided, motion_scale_schedule, rescale_guidance, scheduled_guidance, split_cfg_batch,
+)
 from zoetrope.sampling.loop import denoise, start_step_for_strength
 
 # SD1.5 betas. DDIM tests set clip_sample=False: its default clips the predicted x0 to [-1, 1].
@@ -44,6 +46,16 @@ def test_motion_scale_schedule():
     assert motion_scale_schedule(1, 3).dtype == torch.float32
     with pytest.raises(ConfigError, match="3 values given for 16 frames"):
         motion_scale_schedule([1.0, 1.1, 1.2], 16)
+
+
+def test_scheduled_guidance_is_linear_in_the_timestep():
+    assert scheduled_guidance(7.5, None, 999) == 7.5 and scheduled_guidance(7.5, None, 0) == 7.5  # constant
+    assert scheduled_guidance(7.5, 1.0, torch.tensor(999)) == 7.5  # pure noise: the start scale
+    assert scheduled_guidance(7.5, 1.0, torch.tensor([0, 0])) == 1.0  # t = 0: the end scale (a batch of equal t)
+    assert scheduled_guidance(7.5, 1.0, 999 / 2) == pytest.approx(4.25)
+    assert scheduled_guidance(1.0, 5.0, 999 * 0.25) == pytest.approx(4.0)  # rising: three quarters of the way at t = T / 4
+    assert scheduled_guidance(3.0, 1.0, 99, num_train_timesteps=100) == 3.0  # the model's own T
+    assert scheduled_guidance(3.0, 1.0, 1200) == 3.0 and scheduled_guidance(3.0, 1.0, -1.0) == 1.0  # clamped
 
 
 # -- loop -------------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch
 from conftest import make_tiny_pipeline
 from zoetrope.errors import ConfigError, FrameCountError, InputError
 from zoetrope.pipelines.components import Parameterization
-from zoetrope.pipelines.text_to_video import default_guidance_rescale, generate, resolve_seeds
+from zoetrope.pipelines.text_to_video import default_guidance_rescale, generate, make_frame_predict, resolve_seeds
 
 SMALL = dict(num_frames=4, width=32, height=32, steps=3, progress=False)
 
@@ -54,6 +54,37 @@ def test_guidance_rescale_changes_guided_videos_only(pipeline) -> None:
     assert torch.equal(*unguided)  # no CFG, nothing to rescale
     with pytest.raises(ConfigError, match="guidance_rescale=2"):
         generate(pipeline, "a red circle", guidance_rescale=2, **SMALL)
+
+
+def test_scheduled_guidance_applies_the_scale_of_each_timestep() -> None:
+    """The guided output at t is uncond + w(t) (cond - uncond), w linear from the start scale at T - 1 to the end at 0."""
+
+    def unet(batch, timestep, text, **_):  # each half's output is its text embedding's mean: uncond 0, cond 1
+        return text.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1).expand(batch.shape).clone()
+
+    cond, uncond = torch.ones(1, 3, 8), torch.zeros(1, 3, 8)
+    predict = make_frame_predict(unet, cond, uncond, 7.5, guidance_end=1.5, num_train_timesteps=1000)
+    latents = torch.zeros(1, 4, 2, 2, 2)
+    for t, scale in ((999, 7.5), (0, 1.5), (333, 1.5 + 6.0 / 3)):
+        torch.testing.assert_close(predict(latents, torch.tensor(t), [0, 1]), torch.full_like(latents, scale))
+    constant = make_frame_predict(unet, cond, uncond, 7.5)
+    torch.testing.assert_close(constant(latents, torch.tensor(0), [0, 1]), torch.full_like(latents, 7.5))
+    rising = make_frame_predict(unet, cond, uncond, 1.0, guidance_end=3.0)  # CFG runs although it starts at 1
+    torch.testing.assert_close(rising(latents, torch.tensor(0), [0, 1]), torch.full_like(latents, 3.0))
+
+
+def test_guidance_end_changes_the_video_and_is_recorded(pipeline) -> None:
+    plain = generate(pipeline, "a red circle", seed=1, return_latents=True, **SMALL)
+    flat = generate(pipeline, "a red circle", seed=1, guidance_end=7.5, return_latents=True, **SMALL)
+    falling = generate(pipeline, "a red circle", seed=1, guidance_end=1.0, return_latents=True, **SMALL)
+    unguided = generate(pipeline, "a red circle", seed=1, guidance_scale=1.0, return_latents=True, **SMALL)
+    assert torch.equal(plain.latents, flat.latents)  # a schedule that does not move is plain CFG
+    assert not torch.allclose(falling.latents, plain.latents, atol=1e-4)
+    assert not torch.allclose(falling.latents, unguided.latents, atol=1e-4)
+    assert falling.metadata(0)["guidance_end"] == 1.0 and "guidance_end" not in plain.metadata(0)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ConfigError, match="guidance_end=.*finite scale >= 0"):
+            generate(pipeline, "a red circle", guidance_end=bad, **SMALL)
 
 
 def test_a_zero_snr_model_samples_with_guidance_rescale_unless_told_otherwise(pipeline) -> None:

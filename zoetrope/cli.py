@@ -52,6 +52,11 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
     parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
     parser.add_argument(
+        "--guidance-end", type=float, default=None, metavar="SCALE",
+        help="schedule the guidance: --guidance at pure noise, moving linearly in the timestep to this scale at the "
+        "end (e.g. --guidance 7.5 --guidance-end 1: layout and motion under strong guidance, colours under weak)",
+    )
+    parser.add_argument(
         "--guidance-rescale", type=float, default=None, metavar="FRACTION",
         help="guidance rescale (Lin et al. 2024, A1111's CFG rescale): 0 = off; default 0.7 for models whose "
         "checkpoint says zero terminal SNR, else 0",
@@ -174,7 +179,8 @@ def generation_settings(args: argparse.Namespace) -> dict:
 
     settings: dict = dict(
         num_frames=args.frames, width=args.width, height=args.height, steps=args.steps, guidance_scale=args.guidance,
-        guidance_rescale=args.guidance_rescale, seed=args.seed, scheduler=args.scheduler, motion_strength=_numbers(args.motion_strength),
+        guidance_rescale=args.guidance_rescale, guidance_end=args.guidance_end, seed=args.seed, scheduler=args.scheduler,
+        motion_strength=_numbers(args.motion_strength),
         motion_scale=_numbers(args.motion_scale), decode_chunk_size=args.decode_chunk,
     )
     prompt: object = args.prompt or ""
@@ -513,7 +519,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for seed in range(args.seed, args.seed + args.seeds):
         result = generate(
             pipeline, prompts, num_frames=args.frames, steps=args.steps, guidance_scale=args.guidance,
-            guidance_rescale=args.guidance_rescale, seed=[seed] * len(prompts) if args.same_noise else seed,
+            guidance_rescale=args.guidance_rescale, guidance_end=args.guidance_end,
+            seed=[seed] * len(prompts) if args.same_noise else seed,
             negative_prompt=args.negative, progress=False, motion_strength=args.motion_strength,
         )
         clips += [frames_to_uint8(video) for video in result.frames]
@@ -630,6 +637,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--frames", type=int, default=16)
     evaluate.add_argument("--steps", type=int, default=25)
     evaluate.add_argument("--guidance", type=float, default=7.5)
+    evaluate.add_argument(
+        "--guidance-end", type=float, default=None, help="guidance at t = 0, linear in the timestep from --guidance (default: constant)"
+    )
     evaluate.add_argument(
         "--guidance-rescale", type=float, default=None, help="0 = off; default 0.7 for zero-terminal-SNR models, else 0"
     )

@@ -13,6 +13,7 @@ chunks of frames.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 from dataclasses import asdict, dataclass, field, replace
@@ -33,7 +34,9 @@ from zoetrope.pipelines.components import (
 )
 from zoetrope.sampling.colors import match_colors
 from zoetrope.sampling.context import ContextConfig, context_windows, window_weights, wrap_predict_with_context
-from zoetrope.sampling.guidance import ZERO_SNR_GUIDANCE_RESCALE, cfg, motion_scale_schedule, rescale_guidance
+from zoetrope.sampling.guidance import (
+    ZERO_SNR_GUIDANCE_RESCALE, cfg, motion_scale_schedule, rescale_guidance, scheduled_guidance,
+)
 from zoetrope.sampling.keyframes import keyframe_replacement, replacement_steps
 from zoetrope.sampling.loop import denoise, start_step_for_strength
 from zoetrope.sampling.noise import freeinit_filter, freeinit_mix, make_noise
@@ -265,14 +268,17 @@ def make_frame_predict(
     motion_windows: Callable[[int], MotionWindows | None] | None = None,
     control: SparseControl | None = None,
     guidance_rescale: float = 0.0,
+    guidance_end: float | None = None,
+    num_train_timesteps: int = 1000,
 ):
     """predict(latents, t, frame_indices, step) -> guided noise for those frames.
 
     Unconditional and conditional halves run as one batch (official order: uncond first). Per-frame inputs
     (travelling prompt embeddings, per-frame motion strength/scale) are sliced with `frame_indices`, so the same
-    predict serves whole videos and context windows.
+    predict serves whole videos and context windows. With `guidance_end` the scale moves linearly in the timestep from
+    `guidance_scale` at pure noise to `guidance_end` at t = 0 (`scheduled_guidance`).
     """
-    use_cfg = guidance_scale != 1.0
+    use_cfg = guidance_scale != 1.0 or (guidance_end is not None and guidance_end != 1.0)
 
     def pick(value, frames):
         return value[frames] if isinstance(value, torch.Tensor) and value.ndim == 1 else value
@@ -298,7 +304,8 @@ def make_frame_predict(
         if not use_cfg:
             return noise
         noise_uncond, noise_cond = noise.chunk(2)
-        return rescale_guidance(cfg(noise_uncond, noise_cond, guidance_scale), noise_cond, guidance_rescale)
+        scale = scheduled_guidance(guidance_scale, guidance_end, timestep, num_train_timesteps)
+        return rescale_guidance(cfg(noise_uncond, noise_cond, scale), noise_cond, guidance_rescale)
 
     return predict
 
@@ -336,6 +343,7 @@ def generate(
     steps: int = 25,
     guidance_scale: float = 7.5,
     guidance_rescale: float | None = None,
+    guidance_end: float | None = None,
     seed: int | Sequence[int] | None = None,
     scheduler: str = "ddim",
     motion_strength: float | Sequence[float] = 1.0,
@@ -369,7 +377,9 @@ def generate(
     Lin et al. 2024) pulls the guided prediction's per-frame std back towards the conditional one's; left at None it
     is 0.7 for a model whose checkpoint says zero terminal SNR and 0 otherwise, because such a model over-saturates
     at SD's usual guidance without it (the world's zero-SNR model: 70 % of stills in the prompted colour at 7.5,
-    88 % with the rescale; docs/world-training.md, twelfth session). `color_match` in (0, 1] (RGB SparseCtrl
+    88 % with the rescale; docs/world-training.md, twelfth session). `guidance_end` schedules the guidance: the scale
+    is `guidance_scale` at pure noise and moves linearly in the timestep to `guidance_end` at t = 0 (None =
+    constant), so layout and motion are drawn under strong guidance and colours under weak guidance. `color_match` in (0, 1] (RGB SparseCtrl
     keyframes only) moves each decoded frame's colours towards the keyframe pictures' (`zoetrope.sampling.colors`),
     the colour-match step of image-to-video workflows; 0 = off.
     """
@@ -385,6 +395,9 @@ def generate(
         guidance_rescale = default_guidance_rescale(pipeline)
     if not 0.0 <= guidance_rescale <= 1.0:
         raise ConfigError(f"guidance_rescale={guidance_rescale}: expected a fraction in [0, 1] (0 = off, 0.7 as Lin et al. 2024)")
+    for name, value in (("guidance_scale", guidance_scale), ("guidance_end", guidance_end)):
+        if value is not None and not (math.isfinite(value) and value >= 0.0):
+            raise ConfigError(f"{name}={value}: expected a finite scale >= 0 (1 = no guidance, 7.5 as SD)")
     if freeinit and freeinit.iterations > 1 and pipeline.zero_terminal_snr:
         raise ConfigError(
             "FreeInit re-noises each result to t = T and keeps its low frequencies, but with zero terminal SNR nothing "
@@ -423,6 +436,7 @@ def generate(
             key: value for key, value in {
                 "motion_scale": motion_scale if motion_scale != 1.0 else None,
                 "guidance_rescale": guidance_rescale or None,
+                "guidance_end": guidance_end,
                 "context": asdict(context) if context else None, "context_mode": context_mode if context else None,
                 "travel": asdict(travel) if any(isinstance(p, Mapping) for p in prompts) else None,
                 "noise": noise, "noise_params": dict(noise_params) if noise_params else None,
@@ -477,7 +491,8 @@ def generate(
         pipeline.video_unet, cond, uncond, guidance_scale,
         motion_strength=_per_frame(motion_strength, num_frames), motion_scale=_per_frame(motion_scale, num_frames),
         motion_windows=_motion_windows(num_frames, context) if context is not None and context_mode == "motion" else None,
-        control=control, guidance_rescale=guidance_rescale,
+        control=control, guidance_rescale=guidance_rescale, guidance_end=guidance_end,
+        num_train_timesteps=int(pipeline.scheduler_config.get("num_train_timesteps", 1000)),
     )
     guide = None
     if control is not None and control.replace:

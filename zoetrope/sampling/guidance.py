@@ -21,6 +21,26 @@ def cfg(noise_uncond: torch.Tensor, noise_cond: torch.Tensor, scale: float | tor
     return noise_uncond + scale * (noise_cond - noise_uncond)
 
 
+def scheduled_guidance(
+    start: float, end: float | None, timestep: float | torch.Tensor, num_train_timesteps: int = 1000
+) -> float:
+    """The guidance scale at `timestep`: `start` at pure noise (t = T - 1), `end` at t = 0, linear in t between.
+
+    Why: what guidance buys and what it costs fall at different noise levels. At high noise the sample's layout and
+    (in a video) its motion are decided, and strong guidance makes them follow the prompt; at low noise only colour
+    and texture are left, where strong guidance saturates (it pushes a pastel style back to full colour, and
+    over-exposes zero-terminal-SNR models). A falling schedule (e.g. 7.5 -> 1) keeps the first and drops the second,
+    as the "CFG scheduler" extensions of A1111 and ComfyUI do. It follows the timestep, not the step index, so
+    video-to-video (`strength` < 1) and context windows see the scale of the noise level they are at.
+    `end=None` is a constant scale (`start`).
+    """
+    if end is None:
+        return float(start)
+    t = float(torch.as_tensor(timestep).flatten()[0])
+    fraction = min(max(t / max(num_train_timesteps - 1, 1), 0.0), 1.0)
+    return float(end + (start - end) * fraction)
+
+
 ZERO_SNR_GUIDANCE_RESCALE = 0.7
 """The guidance rescale a zero-terminal-SNR model samples with unless told otherwise (Lin et al. 2024 use 0.7)."""
 
