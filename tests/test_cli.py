@@ -233,7 +233,10 @@ def test_run_sparsectrl_entry_errors(files, sparsectrl_file, tmp_path, capsys) -
 
 
 def test_eval_scores_style_when_the_suffix_is_a_style_trigger(files, tmp_path) -> None:
+    from dataclasses import replace
+
     from zoetrope.cli import _scored_prompt
+    from zoetrope.world.render import parse_caption
 
     prompt = "a red circle moving left on a grey background"
     assert _scored_prompt(f"{prompt}, in zxq style", "in zxq style") == f"{prompt}, in zxq style"
@@ -244,6 +247,17 @@ def test_eval_scores_style_when_the_suffix_is_a_style_trigger(files, tmp_path) -
                  "--steps", "1", "--suffix", "in zxq style", "--guidance-end", "1", "-o", str(out)]) == 0
     results = json.loads(out.read_text())
     assert len(results["clips"]) == 2 and results["settings"]["guidance_end"] == 1.0
+    plain = results["clips"]
+    assert main(["eval", "--model", str(model), "--motion-module", str(motion), "--limit", "2", "--frames", "4",
+                 "--steps", "1", "--suffix", "in zxq style", "--guidance-end", "1", "--motion-guidance", "12",
+                 "-o", str(out)]) == 0
+    pushed, settings = (json.loads(out.read_text())[key] for key in ("clips", "settings"))
+    assert [parse_caption(p) for p in settings["dual_prompts"]] == [  # the same captions without the motion words
+        replace(parse_caption(row["prompt"]), motion=None) for row in pushed
+    ]
+    assert all(parse_caption(row["prompt"]).motion is not None for row in pushed)
+    assert [row["prompt"] for row in pushed] == [row["prompt"] for row in plain]  # scored against the full prompt
+    assert [row["mask_iou"] for row in pushed] != [row["mask_iou"] for row in plain]  # the motion words pushed
     assert all(row["style_correct"] is not None for row in results["clips"])  # style is scored, not n/a
 
 

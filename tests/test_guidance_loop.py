@@ -9,7 +9,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler
 from zoetrope.errors import ConfigError, InputError
 from zoetrope.sampling.context import ContextConfig, wrap_predict_with_context
 from zoetrope.sampling.guidance import (
-    cfg, cfg_batch, guided, motion_scale_schedule, rescale_guidance, scheduled_guidance, split_cfg_batch,
+    cfg, cfg_batch, dual_cfg, guided, motion_scale_schedule, rescale_guidance, scheduled_guidance, split_cfg_batch,
 )
 from zoetrope.sampling.loop import denoise, start_step_for_strength
 
@@ -46,6 +46,14 @@ def test_motion_scale_schedule():
     assert motion_scale_schedule(1, 3).dtype == torch.float32
     with pytest.raises(ConfigError, match="3 values given for 16 frames"):
         motion_scale_schedule([1.0, 1.1, 1.2], 16)
+
+
+def test_dual_cfg_weighs_what_the_full_prompt_adds():
+    generator = torch.Generator().manual_seed(0)
+    uncond, dual, cond = (torch.randn(2, 4, 3, 2, 2, generator=generator) for _ in range(3))
+    torch.testing.assert_close(dual_cfg(uncond, dual, cond, 7.5, 7.5), cfg(uncond, cond, 7.5))  # equal scales: CFG
+    torch.testing.assert_close(dual_cfg(uncond, uncond, cond, 7.5, 3.0), cfg(uncond, cond, 3.0))  # dual says nothing
+    torch.testing.assert_close(dual_cfg(uncond, dual, cond, 2.0, 5.0), uncond + 2 * (dual - uncond) + 5 * (cond - dual))
 
 
 def test_scheduled_guidance_is_linear_in_the_timestep():

@@ -73,6 +73,36 @@ def test_scheduled_guidance_applies_the_scale_of_each_timestep() -> None:
     torch.testing.assert_close(rising(latents, torch.tensor(0), [0, 1]), torch.full_like(latents, 3.0))
 
 
+def test_dual_prompt_guidance_combines_three_predictions() -> None:
+    def unet(batch, timestep, text, **_):  # each third's output is its text embedding's mean
+        return text.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1).expand(batch.shape).clone()
+
+    cond, dual, uncond = torch.ones(1, 3, 8), torch.full((1, 3, 8), 0.25), torch.zeros(1, 3, 8)
+    latents = torch.zeros(1, 4, 2, 2, 2)
+    predict = make_frame_predict(unet, cond, uncond, 2.0, dual=dual, dual_guidance=6.0)
+    torch.testing.assert_close(predict(latents, torch.tensor(500), [0, 1]), torch.full_like(latents, 2 * 0.25 + 6 * 0.75))
+    scheduled = make_frame_predict(unet, cond, uncond, 4.0, guidance_end=0.0, dual=dual, dual_guidance=6.0)
+    torch.testing.assert_close(scheduled(latents, torch.tensor(0), [0, 1]), torch.full_like(latents, 6 * 0.75))
+
+
+def test_dual_prompt_in_generate(pipeline) -> None:
+    plain = generate(pipeline, ["a red circle", "a blue star"], seed=1, return_latents=True, **SMALL)
+    same = generate(pipeline, ["a red circle", "a blue star"], seed=1, dual_prompt=["a red circle", "a blue star"],
+                    return_latents=True, **SMALL)
+    torch.testing.assert_close(same.latents, plain.latents, atol=1e-4, rtol=0)  # the dual says all: plain CFG
+    pushed = generate(pipeline, ["a red circle", "a blue star"], seed=1, dual_prompt="a circle", dual_guidance=12.0,
+                      return_latents=True, **SMALL)
+    assert not torch.allclose(pushed.latents, plain.latents, atol=1e-3)
+    assert pushed.metadata(1)["dual_prompt"] == ["a circle", "a circle"] and pushed.metadata(0)["dual_guidance"] == 12.0
+    assert "dual_prompt" not in plain.metadata(0) and same.metadata(0)["dual_guidance"] == 7.5
+    with pytest.raises(InputError, match="give dual_prompt too"):
+        generate(pipeline, "a red circle", dual_guidance=3.0, **SMALL)
+    with pytest.raises(InputError, match="does not combine with prompt travel"):
+        generate(pipeline, {0: "a red circle", 3: "a blue star"}, dual_prompt="a circle", **SMALL)
+    with pytest.raises(InputError, match="dual_prompt: 3 given for 2 prompts"):
+        generate(pipeline, ["a red circle", "a blue star"], dual_prompt=["a", "b", "c"], **SMALL)
+
+
 def test_guidance_end_changes_the_video_and_is_recorded(pipeline) -> None:
     plain = generate(pipeline, "a red circle", seed=1, return_latents=True, **SMALL)
     flat = generate(pipeline, "a red circle", seed=1, guidance_end=7.5, return_latents=True, **SMALL)

@@ -57,6 +57,15 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
         "end (e.g. --guidance 7.5 --guidance-end 1: layout and motion under strong guidance, colours under weak)",
     )
     parser.add_argument(
+        "--dual-prompt", default=None, metavar="TEXT",
+        help="a second positive prompt that says less than the prompt (e.g. without its motion words; ComfyUI's "
+        "DualCFGGuider): --guidance pushes from the negative to it, --dual-guidance from it to the prompt",
+    )
+    parser.add_argument(
+        "--dual-guidance", type=float, default=None, metavar="SCALE",
+        help="guidance from --dual-prompt to the prompt (default: --guidance, i.e. plain CFG)",
+    )
+    parser.add_argument(
         "--guidance-rescale", type=float, default=None, metavar="FRACTION",
         help="guidance rescale (Lin et al. 2024, A1111's CFG rescale): 0 = off; default 0.7 for models whose "
         "checkpoint says zero terminal SNR, else 0",
@@ -179,8 +188,8 @@ def generation_settings(args: argparse.Namespace) -> dict:
 
     settings: dict = dict(
         num_frames=args.frames, width=args.width, height=args.height, steps=args.steps, guidance_scale=args.guidance,
-        guidance_rescale=args.guidance_rescale, guidance_end=args.guidance_end, seed=args.seed, scheduler=args.scheduler,
-        motion_strength=_numbers(args.motion_strength),
+        guidance_rescale=args.guidance_rescale, guidance_end=args.guidance_end, dual_prompt=args.dual_prompt,
+        dual_guidance=args.dual_guidance, seed=args.seed, scheduler=args.scheduler, motion_strength=_numbers(args.motion_strength),
         motion_scale=_numbers(args.motion_scale), decode_chunk_size=args.decode_chunk,
     )
     prompt: object = args.prompt or ""
@@ -509,7 +518,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         suite = prompts_with_motions(suite, args.motions, args.suite)
     if args.no_background:
         suite = [caption(replace(parse_caption(prompt), background=None)) for prompt in suite]
-    prompts = [p + (f", {args.suffix}" if args.suffix else "") for p in suite][: args.limit or None]
+    def with_suffix(text: str) -> str:
+        return text + (f", {args.suffix}" if args.suffix else "")
+
+    prompts = [with_suffix(p) for p in suite][: args.limit or None]
+    guide = {}
+    if args.motion_guidance is not None:  # the dual prompt: the caption without its motion and camera words
+        guide = dict(dual_guidance=args.motion_guidance, dual_prompt=[
+            with_suffix(caption(replace(parse_caption(p), motion=None, camera=None))) for p in suite
+        ][: args.limit or None])
     pipeline = load_pipeline(
         args.model, args.motion_module, motion_loras=args.motion_lora, loras=args.lora, adapter=args.adapter,
         dtype=_dtype(args.dtype), device=_device(args.device), prediction_type=args.prediction_type,
@@ -519,7 +536,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for seed in range(args.seed, args.seed + args.seeds):
         result = generate(
             pipeline, prompts, num_frames=args.frames, steps=args.steps, guidance_scale=args.guidance,
-            guidance_rescale=args.guidance_rescale, guidance_end=args.guidance_end,
+            guidance_rescale=args.guidance_rescale, guidance_end=args.guidance_end, **guide,
             seed=[seed] * len(prompts) if args.same_noise else seed,
             negative_prompt=args.negative, progress=False, motion_strength=args.motion_strength,
         )
@@ -532,6 +549,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.same_noise:
         results["summary"]["noise_agreement"] = noise_agreement(results["clips"])
     results["settings"] = {k: v for k, v in vars(args).items() if k != "handler"}
+    if guide:
+        results["settings"]["dual_prompts"] = guide["dual_prompt"]
     print(format_table(results))
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -639,6 +658,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--guidance", type=float, default=7.5)
     evaluate.add_argument(
         "--guidance-end", type=float, default=None, help="guidance at t = 0, linear in the timestep from --guidance (default: constant)"
+    )
+    evaluate.add_argument(
+        "--motion-guidance", type=float, default=None, metavar="SCALE",
+        help="dual-prompt guidance on the motion words: the second prompt is each caption without its motion and "
+        "camera phrases, weighed by --guidance, and SCALE weighs what the motion words add (default: plain CFG)",
     )
     evaluate.add_argument(
         "--guidance-rescale", type=float, default=None, help="0 = off; default 0.7 for zero-terminal-SNR models, else 0"

@@ -35,7 +35,7 @@ from zoetrope.pipelines.components import (
 from zoetrope.sampling.colors import match_colors
 from zoetrope.sampling.context import ContextConfig, context_windows, window_weights, wrap_predict_with_context
 from zoetrope.sampling.guidance import (
-    ZERO_SNR_GUIDANCE_RESCALE, cfg, motion_scale_schedule, rescale_guidance, scheduled_guidance,
+    ZERO_SNR_GUIDANCE_RESCALE, cfg, dual_cfg, motion_scale_schedule, rescale_guidance, scheduled_guidance,
 )
 from zoetrope.sampling.keyframes import keyframe_replacement, replacement_steps
 from zoetrope.sampling.loop import denoise, start_step_for_strength
@@ -134,6 +134,22 @@ def _as_list(value: str | Sequence[str] | None, count: int, name: str) -> list[s
     if len(value) != count:
         raise InputError(f"{name}: {len(value)} given for {count} prompts; give one, or one per prompt")
     return value
+
+
+def _dual_prompts(
+    dual_prompt: str | Sequence[str] | None, dual_guidance: float | None, prompts: Sequence[object]
+) -> list[str] | None:
+    """The second positive prompt of each video (`dual_cfg`), or None without one; bad combinations refused."""
+    if dual_prompt is None:
+        if dual_guidance is not None:
+            raise InputError("dual_guidance weighs the step from dual_prompt to the prompt; give dual_prompt too")
+        return None
+    if any(not isinstance(p, str) for p in prompts):
+        raise InputError(
+            "dual_prompt gives one text per video; it does not combine with prompt travel (frame-keyed prompts): "
+            "drop one of the two"
+        )
+    return _as_list(dual_prompt, len(prompts), "dual_prompt")
 
 
 def resolve_seeds(seed: int | Sequence[int] | None, count: int) -> list[int]:
@@ -270,24 +286,28 @@ def make_frame_predict(
     guidance_rescale: float = 0.0,
     guidance_end: float | None = None,
     num_train_timesteps: int = 1000,
+    dual: torch.Tensor | None = None,
+    dual_guidance: float = 7.5,
 ):
     """predict(latents, t, frame_indices, step) -> guided noise for those frames.
 
     Unconditional and conditional halves run as one batch (official order: uncond first). Per-frame inputs
     (travelling prompt embeddings, per-frame motion strength/scale) are sliced with `frame_indices`, so the same
     predict serves whole videos and context windows. With `guidance_end` the scale moves linearly in the timestep from
-    `guidance_scale` at pure noise to `guidance_end` at t = 0 (`scheduled_guidance`).
+    `guidance_scale` at pure noise to `guidance_end` at t = 0 (`scheduled_guidance`). With `dual` (the embeddings of
+    a second positive prompt, shaped like `cond`) the batch is [uncond, dual, cond] and `dual_cfg` combines them.
     """
-    use_cfg = guidance_scale != 1.0 or (guidance_end is not None and guidance_end != 1.0)
+    use_cfg = guidance_scale != 1.0 or (guidance_end is not None and guidance_end != 1.0) or dual is not None
+    texts = (uncond, cond) if dual is None else (uncond, dual, cond)
 
     def pick(value, frames):
         return value[frames] if isinstance(value, torch.Tensor) and value.ndim == 1 else value
 
     def predict(latents: torch.Tensor, timestep: torch.Tensor, frame_indices: list[int], step: int = 0) -> torch.Tensor:
         frames = torch.as_tensor(frame_indices)
-        c, u = (e[:, frames] if e.ndim == 4 else e for e in (cond, uncond))
-        text = torch.cat([u, c]) if use_cfg else c
-        batch = torch.cat([latents, latents]) if use_cfg else latents
+        picked = [e[:, frames] if e.ndim == 4 else e for e in texts]
+        text = torch.cat(picked) if use_cfg else picked[-1]
+        batch = torch.cat([latents] * len(picked)) if use_cfg else latents
         scale = pick(motion_scale, frames)
         residuals = {}
         if control is not None:
@@ -303,9 +323,14 @@ def make_frame_predict(
         )
         if not use_cfg:
             return noise
-        noise_uncond, noise_cond = noise.chunk(2)
         scale = scheduled_guidance(guidance_scale, guidance_end, timestep, num_train_timesteps)
-        return rescale_guidance(cfg(noise_uncond, noise_cond, scale), noise_cond, guidance_rescale)
+        if dual is None:
+            noise_uncond, noise_cond = noise.chunk(2)
+            guided = cfg(noise_uncond, noise_cond, scale)
+        else:
+            noise_uncond, noise_dual, noise_cond = noise.chunk(3)
+            guided = dual_cfg(noise_uncond, noise_dual, noise_cond, scale, dual_guidance)
+        return rescale_guidance(guided, noise_cond, guidance_rescale)
 
     return predict
 
@@ -344,6 +369,8 @@ def generate(
     guidance_scale: float = 7.5,
     guidance_rescale: float | None = None,
     guidance_end: float | None = None,
+    dual_prompt: str | Sequence[str] | None = None,
+    dual_guidance: float | None = None,
     seed: int | Sequence[int] | None = None,
     scheduler: str = "ddim",
     motion_strength: float | Sequence[float] = 1.0,
@@ -379,7 +406,10 @@ def generate(
     at SD's usual guidance without it (the world's zero-SNR model: 70 % of stills in the prompted colour at 7.5,
     88 % with the rescale; docs/world-training.md, twelfth session). `guidance_end` schedules the guidance: the scale
     is `guidance_scale` at pure noise and moves linearly in the timestep to `guidance_end` at t = 0 (None =
-    constant), so layout and motion are drawn under strong guidance and colours under weak guidance. `color_match` in (0, 1] (RGB SparseCtrl
+    constant), so layout and motion are drawn under strong guidance and colours under weak guidance. `dual_prompt`
+    (one per prompt, or one for all) is a second positive prompt that says less than the prompt (e.g. without its
+    motion words): the guided prediction is uncond + guidance * (dual - uncond) + dual_guidance * (cond - dual)
+    (ComfyUI's DualCFGGuider; `dual_cfg`), at 1.5x the model calls; `dual_guidance` None = `guidance_scale`. `color_match` in (0, 1] (RGB SparseCtrl
     keyframes only) moves each decoded frame's colours towards the keyframe pictures' (`zoetrope.sampling.colors`),
     the colour-match step of image-to-video workflows; 0 = off.
     """
@@ -395,7 +425,7 @@ def generate(
         guidance_rescale = default_guidance_rescale(pipeline)
     if not 0.0 <= guidance_rescale <= 1.0:
         raise ConfigError(f"guidance_rescale={guidance_rescale}: expected a fraction in [0, 1] (0 = off, 0.7 as Lin et al. 2024)")
-    for name, value in (("guidance_scale", guidance_scale), ("guidance_end", guidance_end)):
+    for name, value in (("guidance_scale", guidance_scale), ("guidance_end", guidance_end), ("dual_guidance", dual_guidance)):
         if value is not None and not (math.isfinite(value) and value >= 0.0):
             raise ConfigError(f"{name}={value}: expected a finite scale >= 0 (1 = no guidance, 7.5 as SD)")
     if freeinit and freeinit.iterations > 1 and pipeline.zero_terminal_snr:
@@ -426,6 +456,9 @@ def generate(
         [negative_prompt] * len(prompts) if isinstance(negative_prompt, Mapping)
         else _as_list(negative_prompt, len(prompts), "negative_prompt")
     )
+    duals = _dual_prompts(dual_prompt, dual_guidance, prompts)
+    if duals is not None and dual_guidance is None:
+        dual_guidance = guidance_scale
     seeds = resolve_seeds(seed, len(prompts))
     settings = GenerationSettings(
         prompt=[p if isinstance(p, str) else dict(p) for p in prompts],
@@ -437,6 +470,7 @@ def generate(
                 "motion_scale": motion_scale if motion_scale != 1.0 else None,
                 "guidance_rescale": guidance_rescale or None,
                 "guidance_end": guidance_end,
+                "dual_prompt": duals, "dual_guidance": dual_guidance if duals is not None else None,
                 "context": asdict(context) if context else None, "context_mode": context_mode if context else None,
                 "travel": asdict(travel) if any(isinstance(p, Mapping) for p in prompts) else None,
                 "noise": noise, "noise_params": dict(noise_params) if noise_params else None,
@@ -456,7 +490,12 @@ def generate(
     model = pipeline.image_model
 
     # 2. Encode the prompts: one embedding per video, or per frame when prompts travel.
-    cond, uncond = encode_conditioning(model, prompts, negatives, num_frames, travel)
+    if duals is None:
+        cond, uncond = encode_conditioning(model, prompts, negatives, num_frames, travel)
+        dual = None
+    else:  # in one call, so all three take the same form (per video, or per frame where a negative travels)
+        both, uncond = encode_conditioning(model, [*prompts, *duals], [*negatives, *negatives], num_frames, travel)
+        cond, dual, uncond = both[: len(prompts)], both[len(prompts):].to(device=device, dtype=dtype), uncond[: len(prompts)]
     cond, uncond = cond.to(device=device, dtype=dtype), uncond.to(device=device, dtype=dtype)
 
     # 3. Initial noise, one seed per video.
@@ -493,6 +532,7 @@ def generate(
         motion_windows=_motion_windows(num_frames, context) if context is not None and context_mode == "motion" else None,
         control=control, guidance_rescale=guidance_rescale, guidance_end=guidance_end,
         num_train_timesteps=int(pipeline.scheduler_config.get("num_train_timesteps", 1000)),
+        dual=dual, dual_guidance=dual_guidance if dual_guidance is not None else guidance_scale,
     )
     guide = None
     if control is not None and control.replace:

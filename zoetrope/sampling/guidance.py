@@ -41,6 +41,21 @@ def scheduled_guidance(
     return float(end + (start - end) * fraction)
 
 
+def dual_cfg(
+    noise_uncond: torch.Tensor, noise_dual: torch.Tensor, noise_cond: torch.Tensor, scale: float, dual_scale: float
+) -> torch.Tensor:
+    """Guidance with a second positive prompt: uncond + scale * (dual - uncond) + dual_scale * (cond - dual).
+
+    `dual` is the prediction for a prompt that says less than the full one (e.g. the prompt without its motion
+    words), so `dual_scale` weighs only what the full prompt adds and `scale` everything else. This is ComfyUI's
+    DualCFGGuider ("regular" style: cfg_cond2_negative = `scale`, cfg_conds = `dual_scale`), a two-term case of
+    composable diffusion (Liu et al. 2022, arXiv 2206.01714). Why: a word the model hears weakly (a motion word to
+    a frozen image UNet) can be pushed harder than the rest of the prompt without saturating colours.
+    `dual_scale == scale` is plain CFG on the full prompt.
+    """
+    return noise_uncond + scale * (noise_dual - noise_uncond) + dual_scale * (noise_cond - noise_dual)
+
+
 ZERO_SNR_GUIDANCE_RESCALE = 0.7
 """The guidance rescale a zero-terminal-SNR model samples with unless told otherwise (Lin et al. 2024 use 0.7)."""
 
