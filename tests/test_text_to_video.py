@@ -81,8 +81,11 @@ def test_dual_prompt_guidance_combines_three_predictions() -> None:
     latents = torch.zeros(1, 4, 2, 2, 2)
     predict = make_frame_predict(unet, cond, uncond, 2.0, dual=dual, dual_guidance=6.0)
     torch.testing.assert_close(predict(latents, torch.tensor(500), [0, 1]), torch.full_like(latents, 2 * 0.25 + 6 * 0.75))
-    scheduled = make_frame_predict(unet, cond, uncond, 4.0, guidance_end=0.0, dual=dual, dual_guidance=6.0)
-    torch.testing.assert_close(scheduled(latents, torch.tensor(0), [0, 1]), torch.full_like(latents, 6 * 0.75))
+    scheduled = make_frame_predict(unet, cond, uncond, 4.0, guidance_end=1.0, dual=dual, dual_guidance=6.0)  # both -> 1
+    torch.testing.assert_close(scheduled(latents, torch.tensor(999), [0, 1]), torch.full_like(latents, 4 * 0.25 + 6 * 0.75))
+    torch.testing.assert_close(scheduled(latents, torch.tensor(0), [0, 1]), torch.ones_like(latents))  # = cond
+    midway = 2.5 * 0.25 + 3.5 * 0.75  # t = 999 / 2: each scale halfway to 1
+    torch.testing.assert_close(scheduled(latents, torch.tensor(499.5), [0, 1]), torch.full_like(latents, midway))
 
 
 def test_dual_prompt_in_generate(pipeline) -> None:

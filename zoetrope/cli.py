@@ -53,8 +53,8 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
     parser.add_argument(
         "--guidance-end", type=float, default=None, metavar="SCALE",
-        help="schedule the guidance: --guidance at pure noise, moving linearly in the timestep to this scale at the "
-        "end (e.g. --guidance 7.5 --guidance-end 1: layout and motion under strong guidance, colours under weak)",
+        help="schedule the guidance: --guidance (and --dual-guidance) at pure noise, moving linearly in the timestep to "
+        "this scale at the end (e.g. --guidance 7.5 --guidance-end 1: layout and motion under strong guidance, colours under weak)",
     )
     parser.add_argument(
         "--dual-prompt", default=None, metavar="TEXT",
@@ -657,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--steps", type=int, default=25)
     evaluate.add_argument("--guidance", type=float, default=7.5)
     evaluate.add_argument(
-        "--guidance-end", type=float, default=None, help="guidance at t = 0, linear in the timestep from --guidance (default: constant)"
+        "--guidance-end", type=float, default=None, help="guidance at t = 0, linear in the timestep from --guidance (and --motion-guidance; default: constant)"
     )
     evaluate.add_argument(
         "--motion-guidance", type=float, default=None, metavar="SCALE",

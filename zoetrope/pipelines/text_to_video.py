@@ -295,7 +295,8 @@ def make_frame_predict(
     (travelling prompt embeddings, per-frame motion strength/scale) are sliced with `frame_indices`, so the same
     predict serves whole videos and context windows. With `guidance_end` the scale moves linearly in the timestep from
     `guidance_scale` at pure noise to `guidance_end` at t = 0 (`scheduled_guidance`). With `dual` (the embeddings of
-    a second positive prompt, shaped like `cond`) the batch is [uncond, dual, cond] and `dual_cfg` combines them.
+    a second positive prompt, shaped like `cond`) the batch is [uncond, dual, cond] and `dual_cfg` combines them;
+    `guidance_end` schedules `dual_guidance` too (both scales reach it at t = 0).
     """
     use_cfg = guidance_scale != 1.0 or (guidance_end is not None and guidance_end != 1.0) or dual is not None
     texts = (uncond, cond) if dual is None else (uncond, dual, cond)
@@ -329,7 +330,8 @@ def make_frame_predict(
             guided = cfg(noise_uncond, noise_cond, scale)
         else:
             noise_uncond, noise_dual, noise_cond = noise.chunk(3)
-            guided = dual_cfg(noise_uncond, noise_dual, noise_cond, scale, dual_guidance)
+            dual_scale = scheduled_guidance(dual_guidance, guidance_end, timestep, num_train_timesteps)
+            guided = dual_cfg(noise_uncond, noise_dual, noise_cond, scale, dual_scale)
         return rescale_guidance(guided, noise_cond, guidance_rescale)
 
     return predict
@@ -409,7 +411,8 @@ def generate(
     constant), so layout and motion are drawn under strong guidance and colours under weak guidance. `dual_prompt`
     (one per prompt, or one for all) is a second positive prompt that says less than the prompt (e.g. without its
     motion words): the guided prediction is uncond + guidance * (dual - uncond) + dual_guidance * (cond - dual)
-    (ComfyUI's DualCFGGuider; `dual_cfg`), at 1.5x the model calls; `dual_guidance` None = `guidance_scale`. `color_match` in (0, 1] (RGB SparseCtrl
+    (ComfyUI's DualCFGGuider; `dual_cfg`), at 1.5x the model calls; `dual_guidance` None = `guidance_scale`. With
+    `guidance_end` both scales move linearly to it, so e.g. the motion words are pushed early and not late. `color_match` in (0, 1] (RGB SparseCtrl
     keyframes only) moves each decoded frame's colours towards the keyframe pictures' (`zoetrope.sampling.colors`),
     the colour-match step of image-to-video workflows; 0 = off.
     """
