@@ -251,6 +251,26 @@ def test_lora_exports_round_trip(training_files, tmp_path) -> None:
     trained_unet.detach()
     assert torch.allclose(_video_forward(VideoUNet(trainer.model.image_model.unet, base).eval()), expected, atol=1e-6)
 
+    # MotionLoRA + spatial LoRA (lora.spatial_target): the two files, loaded onto fresh copies, reproduce the output.
+    from zoetrope.formats.kohya import load_image_lora
+    from zoetrope.formats.sd_single_file import load_sd_unet
+
+    spatial = r"up_blocks\.\d+\.resnets\.\d+\.conv[12]$"
+    config = make_config(training_files, tmp_path, "motion-lora", steps=2, lr=1e-2, lora={"rank": 2, "spatial_target": spatial})
+    trainer = Trainer(config, dataset=TensorClips())
+    exported = trainer.fit()
+    assert any("conv1" in name and "up_blocks" in name for name in trainer.trainable), list(trainer.trainable)  # a LoCon trained
+    expected = _video_forward(trainer.model.video_unet.eval())
+    trainer.model.networks["unet"].detach()
+    assert not torch.allclose(_video_forward(trainer.model.video_unet), expected, atol=1e-6)  # the spatial part acts
+    fresh = load_sd_unet(training_files["base"])
+    load_image_lora(exported.with_name("spatial_lora.safetensors"), fresh).merge(fresh)
+    base = load_motion_module(training_files["motion"])
+    load_motion_lora(exported, base).attach(base)
+    torch.testing.assert_close(_video_forward(VideoUNet(fresh, base).eval()), expected, atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match="lora.spatial_target trains an image-UNet LoRA beside a MotionLoRA"):
+        make_config(training_files, tmp_path, "motion", lora={"rank": 2, "spatial_target": spatial})
+
     # Domain adapter: same through load_domain_adapter on the image UNet.
     trainer = Trainer(make_config(training_files, tmp_path, "domain-adapter", steps=2, lr=1e-2), dataset=TensorClips(image=True))
     exported = trainer.fit()

@@ -109,13 +109,18 @@ class LoRAConfig:
     """LoRA shape for the LoRA stages. `alpha=None` keeps the official AnimateDiff convention (multiplier 1).
 
     `target` replaces the stage's default module-name regex. `text_encoder` also trains a LoRA on the text
-    encoder (`personalize` only).
+    encoder (`personalize` only). `spatial_target` (`motion-lora` only) also trains a LoRA on the image UNet's
+    modules that this regex selects (convolutions too, as LoCon), exported beside the MotionLoRA as
+    `spatial_lora.safetensors` (kohya format; load it with `--lora`). Why: a MotionLoRA acts on each latent pixel's
+    frames alone, so a motion whose flow depends on where the pixel is (a zoom) needs image features that say
+    where it is, which only the spatial layers can add (docs/world-training.md, twenty-third session).
     """
 
     rank: int = 4
     alpha: Optional[float] = None
     target: Optional[str] = None
     text_encoder: bool = False
+    spatial_target: Optional[str] = None
 
 
 @dataclass
@@ -352,6 +357,11 @@ class TrainConfig:
             )
         if self.lora.rank < 1:
             raise ConfigError(f"lora.rank={self.lora.rank}; expected an integer >= 1")
+        if self.lora.spatial_target and self.stage != "motion-lora":
+            raise ConfigError(
+                f"lora.spatial_target trains an image-UNet LoRA beside a MotionLoRA (stage: motion-lora), not in stage "
+                f"{self.stage!r}; use the domain-adapter or personalize stage for an image LoRA alone"
+            )
 
     @property
     def output_path(self) -> Path:

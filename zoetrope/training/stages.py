@@ -278,9 +278,14 @@ def _train_motion(model: StageModel, config: TrainConfig, generator: torch.Gener
 
 
 def _train_motion_lora(model: StageModel, config: TrainConfig, generator: torch.Generator) -> None:
-    """MotionLoRA (Guo et al. §4.3): LoRA on the motion modules' temporal attention, from a few clips."""
+    """MotionLoRA (Guo et al. §4.3): LoRA on the motion modules' temporal attention, from a few clips; with
+    `lora.spatial_target`, a second LoRA on those image-UNet modules trains with it (see `LoRAConfig`)."""
     model.freeze()
     model.networks["motion"] = _lora(config, model.motion_modules, MOTION_ATTENTION, generator, config.lora.alpha)
+    if config.lora.spatial_target:
+        model.networks["unet"] = inject_lora(
+            model.image_model.unet, config.lora.spatial_target, config.lora.rank, config.lora.alpha, generator=generator
+        )
 
 
 def sparse_control_config(config: TrainConfig, unet: nn.Module, vae: nn.Module | None) -> SparseControlConfig:
@@ -401,9 +406,17 @@ def _export_motion(model: StageModel, path: Path, metadata: Mapping[str, object]
     return save_motion_module(model.motion_modules, path, layout="official", metadata=_metadata(model, metadata))
 
 
+SPATIAL_LORA_NAME = "spatial_lora.safetensors"
+"""The file beside a MotionLoRA export that holds its image-UNet LoRA (`lora.spatial_target`)."""
+
+
 def _export_motion_lora(model: StageModel, path: Path, metadata: Mapping[str, object]) -> Path:
     from zoetrope.formats.lora_files import save_motion_lora
 
+    if "unet" in model.networks:
+        from zoetrope.formats.kohya import save_kohya_lora
+
+        save_kohya_lora(path.with_name(SPATIAL_LORA_NAME), unet=model.networks["unet"], metadata=_metadata(model, metadata))
     return save_motion_lora(model.networks["motion"], path, _metadata(model, metadata))
 
 
