@@ -1,6 +1,6 @@
 """Does a zoom MotionLoRA expand the whole frame, or only part of it? (issue 3 diagnosis)
 
-    python bench/probe_zoom_regions.py [--motion-lora PATH] [--strengths 0 2 3] [--seeds 2] [--steps 15]
+    python bench/probe_zoom_regions.py [--motion-lora PATH] [--lora SPATIAL] [--strengths 0 2 3] [--seeds 2] [--steps 15]
 
 A zoom is a flow that points away from the frame's centre, so every pixel must know where it is; a pan is the
 same flow everywhere. Temporal attention acts on each latent pixel's frames alone, so a motion module on a small
@@ -46,6 +46,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     folder = bundled_folder()
     parser.add_argument("--motion-lora", default=str(folder / "motion_lora_zoom_in.safetensors"))
+    parser.add_argument(
+        "--lora", default=None, help="the image-UNet LoRA trained beside the MotionLoRA (lora.spatial_target), at its strength"
+    )
     parser.add_argument("--strengths", type=float, nargs="+", default=[0.0, 2.0, 3.0])
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=15)
@@ -61,6 +64,7 @@ def main() -> None:
         pipeline = load_pipeline(
             folder / "base.safetensors", folder / "motion_module.safetensors",
             motion_loras=[WeightedFile.parse(f"{args.motion_lora}:{strength}")],
+            loras=[WeightedFile.parse(f"{args.lora}:{strength}")] if args.lora else (),
         )
         clips = []
         for seed in range(args.seeds):
