@@ -518,6 +518,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         suite = prompts_with_motions(suite, args.motions, args.suite)
     if args.no_background:
         suite = [caption(replace(parse_caption(prompt), background=None)) for prompt in suite]
+
     def with_suffix(text: str) -> str:
         return text + (f", {args.suffix}" if args.suffix else "")
 

@@ -408,11 +408,10 @@ def generate(
     at SD's usual guidance without it (the world's zero-SNR model: 70 % of stills in the prompted colour at 7.5,
     88 % with the rescale; docs/world-training.md, twelfth session). `guidance_end` schedules the guidance: the scale
     is `guidance_scale` at pure noise and moves linearly in the timestep to `guidance_end` at t = 0 (None =
-    constant), so layout and motion are drawn under strong guidance and colours under weak guidance. `dual_prompt`
-    (one per prompt, or one for all) is a second positive prompt that says less than the prompt (e.g. without its
-    motion words): the guided prediction is uncond + guidance * (dual - uncond) + dual_guidance * (cond - dual)
-    (ComfyUI's DualCFGGuider; `dual_cfg`), at 1.5x the model calls; `dual_guidance` None = `guidance_scale`. With
-    `guidance_end` both scales move linearly to it, so e.g. the motion words are pushed early and not late. `color_match` in (0, 1] (RGB SparseCtrl
+    constant; `scheduled_guidance`). `dual_prompt` (one per prompt, or one for all) is a second positive prompt that
+    says less than the prompt (e.g. without its motion words): the guided prediction is uncond + guidance * (dual -
+    uncond) + dual_guidance * (cond - dual) (ComfyUI's DualCFGGuider; `dual_cfg`), at 1.5x the model calls;
+    `dual_guidance` None = `guidance_scale`; `guidance_end` moves both scales. `color_match` in (0, 1] (RGB SparseCtrl
     keyframes only) moves each decoded frame's colours towards the keyframe pictures' (`zoetrope.sampling.colors`),
     the colour-match step of image-to-video workflows; 0 = off.
     """
@@ -535,7 +534,7 @@ def generate(
         motion_windows=_motion_windows(num_frames, context) if context is not None and context_mode == "motion" else None,
         control=control, guidance_rescale=guidance_rescale, guidance_end=guidance_end,
         num_train_timesteps=int(pipeline.scheduler_config.get("num_train_timesteps", 1000)),
-        dual=dual, dual_guidance=dual_guidance if dual_guidance is not None else guidance_scale,
+        dual=dual, dual_guidance=guidance_scale if dual_guidance is None else dual_guidance,
     )
     guide = None
     if control is not None and control.replace:

@@ -27,12 +27,12 @@ def scheduled_guidance(
     """The guidance scale at `timestep`: `start` at pure noise (t = T - 1), `end` at t = 0, linear in t between.
 
     Why: what guidance buys and what it costs fall at different noise levels. At high noise the sample's layout and
-    (in a video) its motion are decided, and strong guidance makes them follow the prompt; at low noise only colour
-    and texture are left, where strong guidance saturates (it pushes a pastel style back to full colour, and
-    over-exposes zero-terminal-SNR models). A falling schedule (e.g. 7.5 -> 1) keeps the first and drops the second,
-    as the "CFG scheduler" extensions of A1111 and ComfyUI do. It follows the timestep, not the step index, so
-    video-to-video (`strength` < 1) and context windows see the scale of the noise level they are at.
-    `end=None` is a constant scale (`start`).
+    (in a video) its motion are decided, and strong guidance makes them follow the prompt; later, strong guidance
+    mostly saturates colours. A falling schedule (e.g. 7.5 -> 1) aims to keep the first and drop the second, as the
+    "CFG scheduler" extensions of A1111 and ComfyUI do. (Measured on the world's pastel model: it does not keep that
+    style, which is lost in the middle steps too; `dual_cfg` on the motion words does. docs/world-training.md.)
+    It follows the timestep, not the step index, so video-to-video (`strength` < 1) and context windows see the
+    scale of the noise level they are at. `end=None` is a constant scale (`start`).
     """
     if end is None:
         return float(start)
