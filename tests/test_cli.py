@@ -232,9 +232,10 @@ def test_run_sparsectrl_entry_errors(files, sparsectrl_file, tmp_path, capsys) -
     assert code == 2 and "must be a fraction of the sampling steps" in capsys.readouterr().err
 
 
-def test_eval_scores_style_when_the_suffix_is_a_style_trigger(files, tmp_path) -> None:
+def test_eval_scores_style_when_the_suffix_is_a_style_trigger(files, tmp_path, monkeypatch) -> None:
     from dataclasses import replace
 
+    import zoetrope.pipelines.text_to_video as text_to_video
     from zoetrope.cli import _scored_prompt
     from zoetrope.world.render import parse_caption
 
@@ -248,6 +249,14 @@ def test_eval_scores_style_when_the_suffix_is_a_style_trigger(files, tmp_path) -
     results = json.loads(out.read_text())
     assert len(results["clips"]) == 2 and results["settings"]["guidance_end"] == 1.0
     plain = results["clips"]
+    seen: dict = {}
+    real_generate = text_to_video.generate
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(text_to_video, "generate", spy)
     assert main(["eval", "--model", str(model), "--motion-module", str(motion), "--limit", "2", "--frames", "4",
                  "--steps", "1", "--suffix", "in zxq style", "--guidance-end", "1", "--motion-guidance", "12",
                  "-o", str(out)]) == 0
@@ -257,7 +266,7 @@ def test_eval_scores_style_when_the_suffix_is_a_style_trigger(files, tmp_path) -
     ]
     assert all(parse_caption(row["prompt"]).motion is not None for row in pushed)
     assert [row["prompt"] for row in pushed] == [row["prompt"] for row in plain]  # scored against the full prompt
-    assert [row["mask_iou"] for row in pushed] != [row["mask_iou"] for row in plain]  # the motion words pushed
+    assert seen["dual_prompt"] == settings["dual_prompts"] and seen["dual_guidance"] == 12.0  # what generate got
     assert all(row["style_correct"] is not None for row in results["clips"])  # style is scored, not n/a
 
 
