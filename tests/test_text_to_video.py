@@ -56,12 +56,15 @@ def test_guidance_rescale_changes_guided_videos_only(pipeline) -> None:
         generate(pipeline, "a red circle", guidance_rescale=2, **SMALL)
 
 
+def text_mean_unet(batch, timestep, text, **_):
+    """A stand-in video UNet whose output for each batch entry is its text embedding's mean, so the guided output
+    is the guidance formula applied to known numbers."""
+    return text.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1).expand(batch.shape).clone()
+
+
 def test_scheduled_guidance_applies_the_scale_of_each_timestep() -> None:
     """The guided output at t is uncond + w(t) (cond - uncond), w linear from the start scale at T - 1 to the end at 0."""
-
-    def unet(batch, timestep, text, **_):  # each half's output is its text embedding's mean: uncond 0, cond 1
-        return text.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1).expand(batch.shape).clone()
-
+    unet = text_mean_unet  # uncond 0, cond 1
     cond, uncond = torch.ones(1, 3, 8), torch.zeros(1, 3, 8)
     predict = make_frame_predict(unet, cond, uncond, 7.5, guidance_end=1.5, num_train_timesteps=1000)
     latents = torch.zeros(1, 4, 2, 2, 2)
@@ -74,9 +77,7 @@ def test_scheduled_guidance_applies_the_scale_of_each_timestep() -> None:
 
 
 def test_dual_prompt_guidance_combines_three_predictions() -> None:
-    def unet(batch, timestep, text, **_):  # each third's output is its text embedding's mean
-        return text.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1).expand(batch.shape).clone()
-
+    unet = text_mean_unet
     cond, dual, uncond = torch.ones(1, 3, 8), torch.full((1, 3, 8), 0.25), torch.zeros(1, 3, 8)
     latents = torch.zeros(1, 4, 2, 2, 2)
     predict = make_frame_predict(unet, cond, uncond, 2.0, dual=dual, dual_guidance=6.0)
