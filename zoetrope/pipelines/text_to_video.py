@@ -142,7 +142,10 @@ def _dual_prompts(
     """The second positive prompt of each video (`dual_cfg`), or None without one; bad combinations refused."""
     if dual_prompt is None:
         if dual_guidance is not None:
-            raise InputError("dual_guidance weighs the step from dual_prompt to the prompt; give dual_prompt too")
+            raise InputError(
+                "dual_guidance (--dual-guidance) weighs the step from dual_prompt to the prompt; give dual_prompt too "
+                "(--dual-prompt: the prompt without the words to push)"
+            )
         return None
     if any(not isinstance(p, str) for p in prompts):
         raise InputError(
