@@ -522,12 +522,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     def with_suffix(text: str) -> str:
         return text + (f", {args.suffix}" if args.suffix else "")
 
-    prompts = [with_suffix(p) for p in suite][: args.limit or None]
+    suite = suite[: args.limit or None]
+    prompts = [with_suffix(p) for p in suite]
     guide = {}
     if args.motion_guidance is not None:  # the dual prompt: the caption without its motion and camera words
         guide = dict(dual_guidance=args.motion_guidance, dual_prompt=[
             with_suffix(caption(replace(parse_caption(p), motion=None, camera=None))) for p in suite
-        ][: args.limit or None])
+        ])
     pipeline = load_pipeline(
         args.model, args.motion_module, motion_loras=args.motion_lora, loras=args.lora, adapter=args.adapter,
         dtype=_dtype(args.dtype), device=_device(args.device), prediction_type=args.prediction_type,

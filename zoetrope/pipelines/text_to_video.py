@@ -290,7 +290,7 @@ def make_frame_predict(
     guidance_end: float | None = None,
     num_train_timesteps: int = 1000,
     dual: torch.Tensor | None = None,
-    dual_guidance: float = 7.5,
+    dual_guidance: float | None = None,
 ):
     """predict(latents, t, frame_indices, step) -> guided noise for those frames.
 
@@ -299,10 +299,11 @@ def make_frame_predict(
     predict serves whole videos and context windows. With `guidance_end` the scale moves linearly in the timestep from
     `guidance_scale` at pure noise to `guidance_end` at t = 0 (`scheduled_guidance`). With `dual` (the embeddings of
     a second positive prompt, shaped like `cond`) the batch is [uncond, dual, cond] and `dual_cfg` combines them;
-    `guidance_end` schedules `dual_guidance` too (both scales reach it at t = 0).
+    `guidance_end` schedules `dual_guidance` too (both scales reach it at t = 0); None = `guidance_scale`.
     """
     use_cfg = guidance_scale != 1.0 or (guidance_end is not None and guidance_end != 1.0) or dual is not None
     texts = (uncond, cond) if dual is None else (uncond, dual, cond)
+    dual_guidance = guidance_scale if dual_guidance is None else dual_guidance
 
     def pick(value, frames):
         return value[frames] if isinstance(value, torch.Tensor) and value.ndim == 1 else value
@@ -499,8 +500,8 @@ def generate(
         cond, uncond = encode_conditioning(model, prompts, negatives, num_frames, travel)
         dual = None
     else:  # in one call, so all three take the same form (per video, or per frame where a negative travels)
-        both, uncond = encode_conditioning(model, [*prompts, *duals], [*negatives, *negatives], num_frames, travel)
-        cond, dual, uncond = both[: len(prompts)], both[len(prompts):].to(device=device, dtype=dtype), uncond[: len(prompts)]
+        both, uncond = encode_conditioning(model, [*prompts, *duals], negatives, num_frames, travel)
+        cond, dual = both[: len(prompts)], both[len(prompts):].to(device=device, dtype=dtype)
     cond, uncond = cond.to(device=device, dtype=dtype), uncond.to(device=device, dtype=dtype)
 
     # 3. Initial noise, one seed per video.
@@ -537,7 +538,7 @@ def generate(
         motion_windows=_motion_windows(num_frames, context) if context is not None and context_mode == "motion" else None,
         control=control, guidance_rescale=guidance_rescale, guidance_end=guidance_end,
         num_train_timesteps=int(pipeline.scheduler_config.get("num_train_timesteps", 1000)),
-        dual=dual, dual_guidance=guidance_scale if dual_guidance is None else dual_guidance,
+        dual=dual, dual_guidance=dual_guidance,
     )
     guide = None
     if control is not None and control.replace:
