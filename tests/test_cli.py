@@ -334,6 +334,12 @@ def test_world_make_with_a_speed_range(tmp_path, capsys) -> None:
     assert main(["world", "make", str(upright), "--scale", "0.01", "--angle-range", "0", "0"]) == 0
     rows = [json.loads(line) for line in (upright / "images" / "metadata.jsonl").read_text().splitlines()]
     assert rows and all(row["angle"] == 0.0 for row in rows)
+    zoom = tmp_path / "zoom"
+    assert main(["world", "make", str(zoom), "--preset", "zoom-in", "--scale", "0.1", "--camera-speed-range", "0.8", "1"]) == 0
+    rows = [json.loads(line) for line in (zoom / "videos.jsonl").read_text().splitlines()]
+    assert rows and all(row["camera"] == "zoom in" and 0.8 <= row["camera_speed"] <= 1.0 for row in rows)
+    assert main(["world", "make", str(tmp_path / "bad"), "--camera-speed-range", "0", "1"]) != 0
+    assert "camera_speed_range" in capsys.readouterr().err
 
 
 def test_generate_keyframes_first(files, sparsectrl_file, tmp_path, capsys) -> None:

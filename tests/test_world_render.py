@@ -223,6 +223,35 @@ def test_speed_range_sets_the_travel_of_translations_only(low: float, high: floa
     assert all(0.3 <= abs(speed) <= 0.45 for speed in rotating)  # the other motions keep their amplitudes
 
 
+@pytest.mark.parametrize("low, high", [(0.3, 0.45), (0.8, 1.0)])
+def test_camera_speed_range_sets_the_zoom_factor_and_the_pan_travel(low: float, high: float) -> None:
+    config = WorldConfig(camera_speed_range=(low, high))
+    rng = np.random.default_rng(4)
+    for camera in CAMERA_MOTIONS:
+        if camera.startswith("pan") and high > 0.7:  # a still object cannot stay in the frame while the camera pans that far
+            with pytest.raises(ConfigError, match="no placement.*pan.*smaller WorldConfig.camera_speed_range"):
+                sample_clip_spec(rng, config, camera=camera)
+            continue
+        for _ in range(6):
+            spec = sample_clip_spec(rng, config, camera=camera)
+            assert low - 1e-9 <= spec.camera_speed <= high
+            centre_x, _, radius, _ = object_track(spec, config)
+            if camera == "zoom in":  # the object is magnified by the zoom factor, 1 + camera_speed
+                assert radius[-1] / radius[0] == pytest.approx(1.0 + spec.camera_speed)
+            elif camera == "zoom out":
+                assert radius[0] / radius[-1] == pytest.approx(1.0 + spec.camera_speed)
+            else:  # a pan moves a still object across the screen by the travel, against the camera
+                travel = (centre_x[-1] - centre_x[0]) / config.size
+                assert travel == pytest.approx(spec.camera_speed if camera == "pan left" else -spec.camera_speed)
+    moving = [sample_clip_spec(rng, config, motions=("left",)).speed for _ in range(10)]
+    assert all(0.3 <= speed <= 0.45 for speed in moving)  # object motions keep the speed_range
+    for bad in ((0.5, 0.3), (0.0, 0.3), (0.3, 2.0)):
+        with pytest.raises(ConfigError, match="WorldConfig.camera_speed_range.*0 < low <= high <= 1.5"):
+            WorldConfig(camera_speed_range=bad)
+    with pytest.raises(ConfigError, match="WorldConfig.camera_speed_range.*two numbers"):
+        WorldConfig(camera_speed_range=None)
+
+
 def test_angle_range_sets_the_start_orientation_and_rotation_turns_from_it() -> None:
     upright = WorldConfig(angle_range=(0.0, 0.0))
     rng = np.random.default_rng(5)

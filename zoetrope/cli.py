@@ -468,7 +468,7 @@ def cmd_world_make(args: argparse.Namespace) -> int:
         raise ConfigError(f"--preset {args.preset!r}: expected one of {sorted(PRESETS)}")
     config = WorldConfig(
         size=args.size, num_frames=args.frames, trail_alpha=args.trail_alpha, speed_range=tuple(args.speed_range),
-        angle_range=tuple(args.angle_range),
+        angle_range=tuple(args.angle_range), camera_speed_range=tuple(args.camera_speed_range),
     )
     files = make_preset(args.preset, args.output, config=config, seed=args.seed, scale=args.scale, overwrite=args.overwrite)
     print(f"wrote {args.preset} world to {args.output}: {files}")
@@ -618,6 +618,11 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument(
         "--angle-range", type=float, nargs=2, default=[0.0, 360.0], metavar=("LOW", "HIGH"),
         help="start orientation of the shapes in degrees (default 0 360, what the shipped models saw; 0 0 = upright)",
+    )
+    make.add_argument(
+        "--camera-speed-range", type=float, nargs=2, default=[0.3, 0.45], metavar=("LOW", "HIGH"),
+        help="camera clips: zoom factor minus one, or pan travel in image sizes, over the clip (default 0.3 0.45, "
+        "what the shipped MotionLoRAs saw)",
     )
     make.add_argument("--overwrite", action="store_true")
     make.set_defaults(handler=cmd_world_make)

@@ -158,6 +158,13 @@ class WorldConfig:
     what all its orientations share, which suggested the orientation was what they could not learn; measured, an
     upright world did not make them draw shapes sooner (docs/world-training.md, twenty-second session), but a world
     of upright shapes is a fair, simpler distribution to train and test on.
+
+    `camera_speed_range` is the (low, high) camera motion of a camera clip, drawn uniformly per clip: the zoom factor
+    minus one over the whole clip for zooms, the travel in image sizes for pans. The default (0.3, 0.45) is what
+    every shipped MotionLoRA saw. Why a knob: a zoom by 1.3-1.45 moves the frame's edge by 10-14 px (2.4-3.6 latent
+    px) and its centre by almost nothing, half of what a pan of the same number moves everywhere; a MotionLoRA's
+    training clips may need a stronger zoom to show it (issue 3, docs/world-training.md, twenty-fourth session).
+    A draw whose object leaves the frame is redrawn, so a strong zoom keeps its object near the centre.
     """
 
     size: int = 64
@@ -174,11 +181,19 @@ class WorldConfig:
     trail_length: float = 0.5
     speed_range: tuple[float, float] = (0.3, 0.45)
     angle_range: tuple[float, float] = (0.0, 360.0)
+    camera_speed_range: tuple[float, float] = (0.3, 0.45)
 
     def __post_init__(self) -> None:
         self.shapes, self.colours = tuple(self.shapes), tuple(self.colours)
         self.speed_range = _number_pair("speed_range", self.speed_range, "(0.3, 0.45)")
         self.angle_range = _number_pair("angle_range", self.angle_range, "(0, 360) in degrees")
+        self.camera_speed_range = _number_pair("camera_speed_range", self.camera_speed_range, "(0.3, 0.45)")
+        if len(self.camera_speed_range) != 2 or not 0.0 < self.camera_speed_range[0] <= self.camera_speed_range[1] <= 1.5:
+            raise ConfigError(
+                f"WorldConfig.camera_speed_range: found {self.camera_speed_range}, expected (low, high) with "
+                "0 < low <= high <= 1.5 (zoom factor minus one, or pan travel in image sizes, over the clip; a "
+                "stronger camera motion leaves no object in the frame)"
+            )
         if len(self.angle_range) != 2 or not self.angle_range[0] <= self.angle_range[1]:
             raise ConfigError(
                 f"WorldConfig.angle_range: found {self.angle_range}, expected (low, high) in degrees with low <= high, "
@@ -409,10 +424,10 @@ def sample_clip_spec(
             speed = _uniform(rng, 0.3, 0.45) * (1.0 if rng.random() < 0.5 else -1.0)
         camera_speed = 0.0
         if chosen_camera in ("zoom in", "zoom out"):
-            camera_speed = _uniform(rng, 0.3, 0.45)
+            camera_speed = _uniform(rng, *config.camera_speed_range)
             radius = _uniform(rng, 0.08, 0.11) if chosen_camera == "zoom in" else _uniform(rng, 0.14, 0.19)
         elif chosen_camera in ("pan left", "pan right"):
-            camera_speed = _uniform(rng, 0.3, 0.45)
+            camera_speed = _uniform(rng, *config.camera_speed_range)
         spec = ClipSpec(
             **base,
             x=_uniform(rng, radius, 1 - radius),
@@ -425,9 +440,10 @@ def sample_clip_spec(
         )
         if _fits(spec, config):
             return spec
+    fix = "a smaller WorldConfig.camera_speed_range (pans above ~0.7 image sizes cannot keep the object), " if chosen_camera else ""
     raise ConfigError(
         f"sample_clip_spec: no placement of a {motion!r} clip (camera {chosen_camera!r}) fits a {config.size}px "
-        "frame above the watermark band; use a larger WorldConfig.size or a smaller watermark_fraction"
+        f"frame above the watermark band; use {fix}a larger WorldConfig.size or a smaller watermark_fraction"
     )
 
 
