@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import torch
 import yaml
 
 from conftest import make_tiny_image_model, make_tiny_motion_modules
@@ -43,6 +45,36 @@ def test_generate_writes_a_video_with_the_right_frame_count(files, tmp_path, suf
     sidecar = json.loads(out.with_name(out.name + ".json").read_text())
     assert sidecar["prompt"] == "a red circle moving right" and sidecar["seed"] == 7
     assert "seed 7" in capsys.readouterr().out
+
+
+def test_generate_with_a_position_code(files, tmp_path, capsys) -> None:
+    """`--position-code PATH[:STRENGTH]` attaches the code: it changes the clip, strength 0 does not, the sidecar
+    names it, and a file of another kind is one line of error."""
+    import imageio.v3 as iio
+
+    from zoetrope.adapters.position import PositionCode, save_position_code
+    from zoetrope.formats.motion import load_motion_module
+
+    model, motion = files
+    modules = load_motion_module(motion)
+    code = PositionCode(modules)
+    with torch.no_grad():
+        for weight in code.named_weights().values():
+            weight.normal_(0.0, 2.0, generator=torch.Generator().manual_seed(0))
+    path = save_position_code(code, tmp_path / "position_code.safetensors")
+    common = ["a red circle", "--model", str(model), "--motion-module", str(motion), "--frames", "4", "--width", "32",
+              "--height", "32", "--steps", "2", "--seed", "3"]
+    clips = {}
+    for name, extra in (("plain", []), ("coded", ["--position-code", str(path)]), ("off", ["--position-code", f"{path}:0"])):
+        out = tmp_path / f"{name}.gif"
+        assert main(["generate", *common, *extra, "-o", str(out)]) == 0
+        clips[name] = iio.imread(out, index=None).astype(int)
+    assert np.array_equal(clips["plain"], clips["off"]) and np.abs(clips["plain"] - clips["coded"]).max() > 0
+    sidecar = json.loads((tmp_path / "coded.gif.json").read_text())
+    assert sidecar["sources"]["position_code"] == f"{path}:1.0"
+    capsys.readouterr()
+    assert main(["generate", *common, "--position-code", str(motion), "-o", str(tmp_path / "bad.gif")]) != 0
+    assert "is not a position code" in capsys.readouterr().err
 
 
 def test_wrong_file_in_a_slot_is_one_line(files, tmp_path, capsys) -> None:

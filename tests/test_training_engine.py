@@ -236,6 +236,31 @@ def test_motion_stage_extends_a_trained_module_with_text_cross_attention(trainin
         )
 
 
+def test_motion_lora_with_a_position_code_trains_it_and_its_files_reproduce_the_output(training_files, tmp_path) -> None:
+    """`lora.position_code`: the code starts at zero, trains beside the MotionLoRA, and the two exports loaded onto a
+    fresh motion module (and through `load_pipeline`'s loader) reproduce the trained video UNet."""
+    from zoetrope.adapters.position import load_position_code
+    from zoetrope.formats.lora_files import load_motion_lora
+
+    config = make_config(training_files, tmp_path, "motion-lora", steps=2, lr=1e-2, lora={"rank": 2, "position_code": True})
+    trainer = Trainer(config, dataset=TensorClips())
+    code = trainer.model.networks["position"]
+    assert all(torch.count_nonzero(weight) == 0 for weight in code.named_weights().values())
+    assert any(name.startswith("networks.position.") for name in trainer.trainable)
+    exported = trainer.fit()
+    assert any(torch.count_nonzero(weight) > 0 for weight in code.named_weights().values())
+    expected = _video_forward(trainer.model.video_unet.eval())
+    code.detach()
+    assert not torch.allclose(_video_forward(trainer.model.video_unet), expected, atol=1e-6)  # the code acts
+    base = load_motion_module(training_files["motion"])
+    load_motion_lora(exported, base).attach(base)
+    load_position_code(exported.with_name("position_code.safetensors"), base)
+    torch.testing.assert_close(_video_forward(VideoUNet(trainer.model.image_model.unet, base).eval()), expected, atol=1e-5, rtol=0)
+    assert (latest_checkpoint(config.output_dir) / "position_code.safetensors").is_file()
+    with pytest.raises(ConfigError, match="lora.position_code trains beside a MotionLoRA"):
+        make_config(training_files, tmp_path, "motion", lora={"rank": 2, "position_code": True})
+
+
 def test_lora_exports_round_trip(training_files, tmp_path) -> None:
     from zoetrope.formats.lora_files import load_domain_adapter, load_motion_lora
 

@@ -86,6 +86,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--motion-module", default=None, help="motion module (official .ckpt/.safetensors or diffusers folder)")
     parser.add_argument("--motion-lora", action="append", default=[], metavar="PATH[:STRENGTH]", help="MotionLoRA; repeatable")
     parser.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]", help="image LoRA (kohya or diffusers); repeatable")
+    parser.add_argument(
+        "--position-code", default=None, metavar="PATH[:STRENGTH]",
+        help="a motion-module position code trained beside a MotionLoRA (lora.position_code; not official AnimateDiff)",
+    )
     parser.add_argument("--adapter", default=None, metavar="PATH[:SCALE]", help="AnimateDiff domain adapter with its scale")
     parser.add_argument(
         "--vae", default=None, metavar="PATH",
@@ -234,7 +238,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(
         args.model, args.motion_module, motion_loras=args.motion_lora, loras=args.lora, adapter=args.adapter,
         dtype=_dtype(args.dtype), device=_device(args.device), prediction_type=args.prediction_type,
-        zero_terminal_snr=args.zero_snr, vae=args.vae,
+        zero_terminal_snr=args.zero_snr, vae=args.vae, position_code=args.position_code,
     )
     settings = generation_settings(args)
     output = Path(args.output or f"outputs/{_slug(args.prompt or next(iter(settings['prompt'].values())))}.gif")
@@ -532,7 +536,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(
         args.model, args.motion_module, motion_loras=args.motion_lora, loras=args.lora, adapter=args.adapter,
         dtype=_dtype(args.dtype), device=_device(args.device), prediction_type=args.prediction_type,
-        zero_terminal_snr=args.zero_snr, vae=args.vae,
+        zero_terminal_snr=args.zero_snr, vae=args.vae, position_code=args.position_code,
     )
     clips, used_prompts, seeds = [], [], []
     for seed in range(args.seed, args.seed + args.seeds):

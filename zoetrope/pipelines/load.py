@@ -93,6 +93,7 @@ def load_pipeline(
     prediction_type: str | None = None,
     zero_terminal_snr: bool | None = None,
     vae: str | os.PathLike | None = None,
+    position_code: str | WeightedFile | None = None,
 ) -> VideoPipeline:
     """Load an image model plus a motion module (and optional LoRAs) into a ready VideoPipeline.
 
@@ -103,6 +104,7 @@ def load_pipeline(
     With `model` and `motion_module` both None the bundled shapes-world model is used (offline, CPU-sized).
     `prediction_type` / `zero_terminal_snr` override what the image model's file says it predicts (for v-prediction
     checkpoints that do not record it, as ComfyUI's ModelSamplingDiscrete node does); zero SNR implies v.
+    `position_code` attaches a motion-module position code (`zoetrope.adapters.position`) at its strength.
     """
     from zoetrope.formats.kohya import load_image_lora
     from zoetrope.formats.lora_files import load_domain_adapter, load_motion_lora
@@ -147,6 +149,11 @@ def load_pipeline(
     for item in map(WeightedFile.parse, motion_loras):
         expect_kind(inspect_file(item.path), "motion_lora")
         load_motion_lora(item.path, modules, item.strength).merge(modules)
+    if position_code is not None:
+        from zoetrope.adapters.position import load_position_code
+
+        item = WeightedFile.parse(position_code)
+        load_position_code(item.path, modules, item.strength)
     pipeline = VideoPipeline(
         image_model=image_model,
         video_unet=video_unet.eval(),
@@ -157,6 +164,8 @@ def load_pipeline(
             "adapter": str(adapter) if adapter is not None else None,
             "vae": str(vae) if vae is not None else None,
             "motion_loras": [f"{item.path}:{item.strength}" for item in map(WeightedFile.parse, motion_loras)],
+            "position_code": None if position_code is None else f"{WeightedFile.parse(position_code).path}:"
+            f"{WeightedFile.parse(position_code).strength}",
         },
     )
     return pipeline.to(device=device)

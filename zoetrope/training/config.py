@@ -114,6 +114,10 @@ class LoRAConfig:
     `spatial_lora.safetensors` (kohya format; load it with `--lora`). Why: a MotionLoRA acts on each latent pixel's
     frames alone, so a motion whose flow depends on where the pixel is (a zoom) needs image features that say
     where it is, which only the spatial layers can add (docs/world-training.md, twenty-third session).
+    `position_code` (`motion-lora` only; not in the official AnimateDiff) trains a zero-initialised map from a
+    fixed 2D position code into every motion module's tokens beside the MotionLoRA (`zoetrope.adapters.position`),
+    exported as `position_code.safetensors` (load it with `--position-code`): the position given to the module
+    directly, where the LoCon above did not learn to add it (twenty-fourth session).
     """
 
     rank: int = 4
@@ -121,6 +125,7 @@ class LoRAConfig:
     target: Optional[str] = None
     text_encoder: bool = False
     spatial_target: Optional[str] = None
+    position_code: bool = False
 
 
 @dataclass
@@ -361,6 +366,10 @@ class TrainConfig:
             raise ConfigError(
                 f"lora.spatial_target trains an image-UNet LoRA beside a MotionLoRA (stage: motion-lora), not in stage "
                 f"{self.stage!r}; use the domain-adapter or personalize stage for an image LoRA alone"
+            )
+        if self.lora.position_code and self.stage != "motion-lora":
+            raise ConfigError(
+                f"lora.position_code trains beside a MotionLoRA (stage: motion-lora), not in stage {self.stage!r}"
             )
 
     @property

@@ -279,13 +279,18 @@ def _train_motion(model: StageModel, config: TrainConfig, generator: torch.Gener
 
 def _train_motion_lora(model: StageModel, config: TrainConfig, generator: torch.Generator) -> None:
     """MotionLoRA (Guo et al. §4.3): LoRA on the motion modules' temporal attention, from a few clips; with
-    `lora.spatial_target`, a second LoRA on those image-UNet modules trains with it (see `LoRAConfig`)."""
+    `lora.spatial_target`, a second LoRA on those image-UNet modules trains with it, with `lora.position_code` a
+    position code for the motion modules (see `LoRAConfig`)."""
     model.freeze()
     model.networks["motion"] = _lora(config, model.motion_modules, MOTION_ATTENTION, generator, config.lora.alpha)
     if config.lora.spatial_target:
         model.networks["unet"] = inject_lora(
             model.image_model.unet, config.lora.spatial_target, config.lora.rank, config.lora.alpha, generator=generator
         )
+    if config.lora.position_code:
+        from zoetrope.adapters.position import PositionCode
+
+        model.networks["position"] = PositionCode(model.motion_modules).attach(model.motion_modules)
 
 
 def sparse_control_config(config: TrainConfig, unet: nn.Module, vae: nn.Module | None) -> SparseControlConfig:
@@ -417,6 +422,10 @@ def _export_motion_lora(model: StageModel, path: Path, metadata: Mapping[str, ob
         from zoetrope.formats.kohya import save_kohya_lora
 
         save_kohya_lora(path.with_name(SPATIAL_LORA_NAME), unet=model.networks["unet"], metadata=_metadata(model, metadata))
+    if "position" in model.networks:
+        from zoetrope.adapters.position import POSITION_CODE_NAME, save_position_code
+
+        save_position_code(model.networks["position"], path.with_name(POSITION_CODE_NAME), _metadata(model, metadata))
     return save_motion_lora(model.networks["motion"], path, _metadata(model, metadata))
 
 
