@@ -324,3 +324,20 @@ def test_position_probe_reads_coordinates_that_are_there_and_not_ones_that_are_n
     assert len(captured) == 10 and captured["down_blocks.2.0 (4x4)"][0].shape[0] == 16 * 4 * 4
     assert bench.probe(captured["down_blocks.2.0 (4x4)"], (4, 4), 16)[0] > 0.5
     assert bench.probe(captured["latents (UNet input)"], (16, 16), 16)[0] < 0.2
+
+
+def test_camera_direction_probe_finds_the_pan_loras_direction_and_none_without_it() -> None:
+    """The bundled pan-left LoRA prefers true pan-left clips to their time reversal (measured +49 % at t = 500 over 12
+    clips, +56 % on these 2); the module alone does not (-4 %, -8 % on these 2)."""
+    from zoetrope.pipelines.load import load_pipeline
+    from zoetrope.world.bundled import bundled_files, bundled_paths
+
+    bench = load_bench("probe_camera_direction")
+    files = bundled_files()
+    model, motion = bundled_paths()
+    alone = load_pipeline(model, motion, adapter=str(files["domain_adapter"]))
+    panning = load_pipeline(model, motion, adapter=str(files["domain_adapter"]), motion_loras=[str(files["motion_lora_pan_left"])])
+    without = bench.direction_losses(alone, "pan left", clips=2, timesteps=[500])[500]
+    with_lora = bench.direction_losses(panning, "pan left", clips=2, timesteps=[500])[500]
+    assert with_lora["preference"] > 0.3 and abs(without["preference"]) < 0.15
+    assert with_lora["true"] > 0 and without["true"] > 0
