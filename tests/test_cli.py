@@ -300,6 +300,11 @@ def test_eval_scores_style_when_the_suffix_is_a_style_trigger(files, tmp_path, m
     assert [row["prompt"] for row in pushed] == [row["prompt"] for row in plain]  # scored against the full prompt
     assert seen["dual_prompt"] == settings["dual_prompts"] and seen["dual_guidance"] == 12.0  # what generate got
     assert all(row["style_correct"] is not None for row in results["clips"])  # style is scored, not n/a
+    assert "noise" not in seen  # the official draw unless --noise asks for a prior
+    assert main(["eval", "--model", str(model), "--motion-module", str(motion), "--limit", "1", "--frames", "4",
+                 "--steps", "1", "--noise", "zoom_warped", "--noise-param", "zoom=1.4", "-o", str(out)]) == 0
+    assert seen["noise"] == "zoom_warped" and seen["noise_params"] == {"zoom": 1.4}
+    assert json.loads(out.read_text())["settings"]["noise"] == "zoom_warped"
 
 
 def test_eval_keeps_only_the_asked_motions(files, tmp_path, capsys) -> None:

@@ -209,3 +209,23 @@ def test_freeinit_mix_endpoints_and_dc():
     assert half.dtype == torch.float16
     with pytest.raises(ConfigError, match="does not match"):
         freeinit_mix(latents, fresh, torch.ones(6, 8, 9))
+
+
+def test_zoom_warped_magnifies_a_shared_field_about_the_centre():
+    """With the fresh part switched off (alpha huge) frame k is frame 0 magnified by zoom^(k/15) about the centre
+    (nearest pixel); with alpha = 2 frames correlate at 4/5 where they read the same pixel of the shared field."""
+    shape = (1, 2, 16, 16, 16)
+    pure = make_noise("zoom_warped", shape, gen(5), zoom=2.0, alpha=1e6)
+    first, last = pure[0, :, 0], pure[0, :, 15]
+    # pixel centres at offset d from the frame's centre read frame 0 at d / 2: the centre 2x2 block of the last
+    # frame repeats frame 0's centre pixels, and its corner reads frame 0 half way out
+    torch.testing.assert_close(last[:, 7:9, 7:9], first[:, 7:9, 7:9], atol=1e-5, rtol=0)
+    torch.testing.assert_close(last[:, 0, 0], first[:, 4, 4], atol=1e-5, rtol=0)
+    torch.testing.assert_close(last[:, 15, 15], first[:, 11, 11], atol=1e-5, rtol=0)
+    assert not torch.allclose(last, first)
+    unwarped = make_noise("zoom_warped", LARGE, gen(6), zoom=1.0, alpha=2.0)
+    assert abs(frame_correlation(unwarped, 0, 5) - 0.8) < 0.04  # zoom 1 is pyoco_mixed's correlation
+    out = make_noise("zoom_warped", shape, gen(7), zoom=0.5, alpha=1e6)  # a zoom out: frame 0 magnified from the end
+    torch.testing.assert_close(out[0, :, 0, 0, 0], out[0, :, 15, 4, 4], atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match="zoom_warped zoom=0"):
+        make_noise("zoom_warped", shape, gen(0), zoom=0.0)

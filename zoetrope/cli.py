@@ -13,7 +13,7 @@ import re
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from zoetrope.errors import ConfigError, InputError, ZoetropeError
 
@@ -21,6 +21,10 @@ logger = logging.getLogger("zoetrope")
 
 SCHEDULERS = ("ddim", "euler", "euler_a", "dpm++2m-karras")
 VIDEO_SUFFIXES = (".gif", ".mp4", ".webp", ".png")
+NOISE_HELP = (
+    "noise prior: independent, freenoise_shuffle, repeated_window, constant, pyoco_mixed, pyoco_progressive, "
+    "zoom_warped (default: the official draw)"
+)
 
 
 def _slug(text: str, words: int = 10) -> str:
@@ -147,7 +151,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--travel-method", choices=("lerp", "slerp"), default="lerp")
     group.add_argument("--circular", action="store_true", help="blend the last prompt back into the first")
     group = parser.add_argument_group("noise")
-    group.add_argument("--noise", default=None, help="noise prior: independent, freenoise_shuffle, repeated_window, constant, pyoco_mixed, pyoco_progressive (default: the official draw)")
+    group.add_argument("--noise", default=None, help=NOISE_HELP)
     group.add_argument("--noise-param", action="append", default=[], metavar="NAME=VALUE", help="prior parameter, e.g. alpha=1.0 or window=16")
     group.add_argument("--freeinit", type=int, default=0, help="FreeInit iterations (0 = off)")
     group.add_argument("--freeinit-filter", choices=("gaussian", "butterworth", "ideal", "box"), default="butterworth")
@@ -185,6 +189,19 @@ def _keyed(items: Sequence[str], option: str) -> dict[int, str]:
     return keyed
 
 
+def _noise_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """`noise` / `noise_params` for `generate` from --noise and --noise-param NAME=VALUE (empty: the official draw)."""
+    if not args.noise:
+        return {}
+    params: dict[str, float] = {}
+    for item in args.noise_param:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--noise-param {item!r}: expected NAME=VALUE")
+        params[name] = float(value) if "." in value else int(value)
+    return {"noise": args.noise, "noise_params": params}
+
+
 def generation_settings(args: argparse.Namespace) -> dict:
     """Keyword arguments of `generate` from the command line."""
     from zoetrope.pipelines.text_to_video import FreeInitSettings, TravelSettings
@@ -210,15 +227,7 @@ def generation_settings(args: argparse.Namespace) -> dict:
             schedule=args.context_schedule, closed_loop=args.closed_loop, fuse=args.context_fuse,
         )
         settings["context_mode"] = args.context_mode
-    if args.noise:
-        settings["noise"] = args.noise
-        params = {}
-        for item in args.noise_param:
-            name, sep, value = item.partition("=")
-            if not sep:
-                raise ConfigError(f"--noise-param {item!r}: expected NAME=VALUE")
-            params[name] = float(value) if "." in value else int(value)
-        settings["noise_params"] = params
+    settings.update(_noise_settings(args))
     if args.freeinit:
         settings["freeinit"] = FreeInitSettings(args.freeinit, args.freeinit_filter, args.freeinit_ds, args.freeinit_dt)
     return settings
@@ -544,7 +553,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             pipeline, prompts, num_frames=args.frames, steps=args.steps, guidance_scale=args.guidance,
             guidance_rescale=args.guidance_rescale, guidance_end=args.guidance_end, **guide,
             seed=[seed] * len(prompts) if args.same_noise else seed,
-            negative_prompt=args.negative, progress=False, motion_strength=args.motion_strength,
+            negative_prompt=args.negative, progress=False, motion_strength=args.motion_strength, **_noise_settings(args),
         )
         clips += [frames_to_uint8(video) for video in result.frames]
         used_prompts += [_scored_prompt(p, args.suffix) for p in prompts]
@@ -646,6 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
         "moving right')",
     )
     evaluate.add_argument("--suffix", default="", help="text appended to every prompt (e.g. a style trigger)")
+    evaluate.add_argument("--noise", default=None, help=NOISE_HELP)
+    evaluate.add_argument("--noise-param", action="append", default=[], metavar="NAME=VALUE", help="prior parameter, e.g. zoom=1.4")
     evaluate.add_argument("--limit", type=int, default=0, help="only the first N prompts")
     evaluate.add_argument(
         "--no-background", action="store_true",

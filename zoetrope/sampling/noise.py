@@ -1,6 +1,7 @@
 """Noise priors for video latents `(b, c, f, h, w)` and the FreeInit frequency filter.
 
-Every prior keeps each frame's marginal N(0, I) and differs only in how frames are correlated along f.
+Every prior keeps each frame's marginal N(0, I) and differs in how frames are correlated along f (`zoom_warped`
+also repeats pixels within a magnified frame).
 
 Reproducibility ("per frame"): noise is drawn frame by frame, in frame order, from the generator(s), one
 `(c, h, w)` tensor per frame and video. Frame k therefore depends only on the generator state and the frames
@@ -159,6 +160,40 @@ def pyoco_progressive(shape: Sequence[int], generator: Generators, alpha: float 
     return _stack_frames(frames)
 
 
+def zoom_warped(shape: Sequence[int], generator: Generators, zoom: float = 1.4, alpha: float = 2.0) -> torch.Tensor:
+    """Noise that zooms: a shared field magnified about the frame's centre over the clip, mixed with fresh noise.
+
+    Frame k reads a shared standard normal field B at (p - c) / zoom^(k / 15) + c (nearest pixel; zoom > 1 magnifies,
+    a camera zooming in; < 1 a zoom out, whose frame edges repeat B's border pixels): `zoom` is the factor from frame 0
+    to frame 15, the whole of a 16-frame clip, and longer clips keep the rate (so frame k does not depend on the
+    clip's length). The structure the sampler lays out at pure noise thus already flows outward; eps_k = sqrt(a^2/(1+a^2)) * warp_k(B) + sqrt(1/(1+a^2)) * eps_ind_k as in `pyoco_mixed`. Each
+    pixel copies one pixel of B, so every frame keeps its N(0, 1) marginals; a magnified frame repeats pixels of B,
+    which the fresh part (weight 1/(1+a^2) in variance) breaks up. Why: with zero terminal SNR the layout of a clip
+    follows its initial noise (docs/world-training.md, sixth session), and a MotionLoRA that has not learned a zoom's
+    direction at high noise (twenty-fourth session) may still keep one it is given. The idea of warping noise along
+    an intended flow is Go-with-the-Flow's (Burgert et al. 2025), which warps with a distribution-preserving
+    method for training; this is the nearest-pixel version for sampling only.
+    """
+    if zoom <= 0 or alpha < 0:
+        raise ConfigError(f"zoom_warped zoom={zoom}, alpha={alpha}: expected zoom > 0 (1.4 zooms in by 1.4x) and alpha >= 0")
+    dims = _check_shape(shape)
+    _, _, frames, height, width = dims
+    source = _FrameSource(dims, generator)
+    shared = source.frame()
+    shared_scale = math.sqrt(alpha**2 / (1 + alpha**2))
+    own_scale = math.sqrt(1 / (1 + alpha**2))
+    rows = torch.arange(height, dtype=torch.float64) + 0.5 - height / 2
+    cols = torch.arange(width, dtype=torch.float64) + 0.5 - width / 2
+    result = []
+    for index in range(frames):
+        scale = zoom ** (index / 15)
+        source_rows = (rows / scale + height / 2 - 0.5).round().clamp(0, height - 1).long()
+        source_cols = (cols / scale + width / 2 - 0.5).round().clamp(0, width - 1).long()
+        warped = shared[:, :, source_rows][:, :, :, source_cols]
+        result.append(shared_scale * warped + own_scale * source.frame())
+    return _stack_frames(result)
+
+
 NOISE_PRIORS: dict[str, Callable[..., torch.Tensor]] = {
     "independent": independent,
     "freenoise_shuffle": freenoise_shuffle,
@@ -166,6 +201,7 @@ NOISE_PRIORS: dict[str, Callable[..., torch.Tensor]] = {
     "constant": constant,
     "pyoco_mixed": pyoco_mixed,
     "pyoco_progressive": pyoco_progressive,
+    "zoom_warped": zoom_warped,
 }
 
 _PARAMETERS = {
@@ -175,6 +211,7 @@ _PARAMETERS = {
     "constant": set(),
     "pyoco_mixed": {"alpha"},
     "pyoco_progressive": {"alpha"},
+    "zoom_warped": {"zoom", "alpha"},
 }
 
 
