@@ -2,7 +2,7 @@
 # Train the bundled shapes-world model (the zero-terminal-SNR lineage, shipped since the sixteenth session) with the
 # project's own commands and install it into the package (zoetrope/assets/world/). Run from the repository root:
 #     TRAIL=0 bash tools/train_world.sh        # first: the 52-minute lineage every stage here starts from (runs/world/)
-#     bash tools/train_world_vz.sh             # then this (~13.2 CPU hours on 2 cores, docs/world-training.md)
+#     bash tools/train_world_vz.sh             # then this (~13.8 CPU hours on 2 cores, docs/world-training.md)
 # Every stage's wall time goes to runs/exp/times.tsv, its log to runs/exp/logs/. Each stage is a config file under
 # configs/world/experiments/ (its header says what it is for and what it measured); the chain:
 #   image-vpred-ztsnr (the base image model converted to v-prediction with zero terminal SNR)
@@ -36,6 +36,8 @@ if [ -z "${FROM:-}" ]; then
     for preset in pastel zoom-in pan-left; do
         [ -f "$DATA/$preset/world.json" ] || zoetrope world make "$DATA/$preset" --preset "$preset"
     done
+    # The zoom LoRA's clips zoom twice as far as the preset's (twenty-fourth session).
+    [ -f "$DATA/zoom-strong/world.json" ] || zoetrope world make "$DATA/zoom-strong" --preset zoom-in --camera-speed-range 0.8 1.0
     subset() {  # subset NAME REGEX [TIMES]: the header and the rows whose caption matches, or all rows + matches
         local out="$DATA/plain/$1.csv"
         if [ "${3:-0}" = 0 ]; then
@@ -97,7 +99,8 @@ train sparsectrl-sketch-highnoise $X/sparsectrl-sketch-highnoise.yaml
 # ... and the RGB one 1,000 more with first + last keyframes in 40 % of its clips (nineteenth session: interpolation)
 train sparsectrl-rgb-interp2 $X/sparsectrl-rgb-interp2.yaml
 # MotionLoRAs against the shipped module (eighteenth session; the -vz configs they extend trained against stage 5)
-train zoom-lora-capt $X/motion-lora-zoom-in-captions.yaml
+train zoom-lora-capt $X/motion-lora-zoom-in-captions.yaml  # shipped until the twenty-fourth session
+train zoom-lora-strong $X/motion-lora-zoom-strong.yaml  # the shipped zoom LoRA (use it with --noise zoom_warped)
 train pan-lora-capt $X/motion-lora-pan-left-captions.yaml
 train fast-lora $X/motion-lora-fast.yaml
 
@@ -108,7 +111,7 @@ python -m zoetrope.world.bundled --vae "$RUNS/vae-decoder-styles/vae.safetensors
     model="$RUNS/image-vz/model.safetensors" \
     motion_module="$RUNS/captions-vz/motion_module.safetensors" \
     domain_adapter="$RUNS/adapter-vz/domain_adapter.safetensors" \
-    motion_lora_zoom_in="$RUNS/zoom-lora-capt/motion_lora.safetensors" \
+    motion_lora_zoom_in="$RUNS/zoom-lora-strong/motion_lora.safetensors" \
     motion_lora_pan_left="$RUNS/pan-lora-capt/motion_lora.safetensors" \
     motion_lora_fast="$RUNS/fast-lora/motion_lora.safetensors" \
     sparsectrl_rgb="$RUNS/sc-rgb-interp2/sparse_control.safetensors" \
