@@ -18,29 +18,25 @@ import argparse
 
 import numpy as np
 import torch
-from einops import rearrange
 
-from zoetrope.pipelines.components import encode_frames, encode_prompts
-from zoetrope.training.engine import make_noise_scheduler
-from zoetrope.world.render import WorldConfig, caption, render_clip, sample_clip_spec
+from zoetrope.pipelines.components import encode_prompts
+from zoetrope.world.probing import clip_latents, motion_noise_scheduler
+from zoetrope.world.render import WorldConfig, caption, sample_clip_spec
 
 
 def direction_losses(pipeline, camera: str, clips: int, timesteps: list[int], seed: int = 0) -> dict[int, dict[str, float]]:
     """Mean loss of true and time-reversed clips per timestep, and the preference reversed / true - 1."""
-    from zoetrope.training.stages import get_stage
-
     world = WorldConfig()
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
     unet, model = pipeline.video_unet, pipeline.image_model
-    scheduler = make_noise_scheduler(get_stage("motion").noise_schedule(model.parameterization))
+    scheduler = motion_noise_scheduler(model.parameterization)
     velocity = scheduler.config.prediction_type == "v_prediction"
     totals = {t: {"true": 0.0, "reversed": 0.0} for t in timesteps}
     with torch.no_grad():
         for _ in range(clips):
             spec = sample_clip_spec(rng, world, camera=camera)
-            video = rearrange(torch.from_numpy(render_clip(spec, world, True)).float().div(255.0), "f h w c -> 1 c f h w")
-            latents = encode_frames(model.vae, video, sample=False)
+            latents = clip_latents(model.vae, spec, world, video_domain=True)
             text = encode_prompts(model.tokenizer, model.text_encoder, [caption(spec)])
             for t in timesteps:
                 noise = torch.randn(latents.shape, generator=generator)

@@ -29,11 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from einops import rearrange
 
-from zoetrope.pipelines.components import encode_frames, encode_prompts
-from zoetrope.training.engine import make_noise_scheduler
-from zoetrope.world.render import WorldConfig, caption, render_clip, sample_clip_spec
+from zoetrope.pipelines.components import encode_prompts
+from zoetrope.world.probing import clip_latents, motion_noise_scheduler
+from zoetrope.world.render import WorldConfig, caption, sample_clip_spec
 
 SWAPS = {"moving left": "moving right", "moving right": "moving left", "moving up": "moving down",
          "moving down": "moving up", "growing": "shrinking", "shrinking": "growing"}
@@ -50,21 +49,17 @@ def swapped(text: str) -> str:
 
 def probe(pipeline, clips: int, timesteps: list[int], seed: int = 0) -> dict[int, dict[str, float]]:
     """Mean motion share, order share, true/swapped losses and caption gain per timestep (see the module doc)."""
-    from zoetrope.training.stages import get_stage
-
     world = WorldConfig()
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
     unet, model = pipeline.video_unet, pipeline.image_model
-    # the motion stage's betas with the image model's parameterization (epsilon, or v on zero terminal SNR)
-    scheduler = make_noise_scheduler(get_stage("motion").noise_schedule(model.parameterization))
+    scheduler = motion_noise_scheduler(model.parameterization)  # the motion stage's betas, the model's parameterization
     velocity = scheduler.config.prediction_type == "v_prediction"
     totals: dict[int, dict[str, float]] = {t: {"motion": 0.0, "order": 0.0, "true": 0.0, "swapped": 0.0} for t in timesteps}
     with torch.no_grad():
         for _ in range(clips):
             spec = sample_clip_spec(rng, world, motions=DIRECTED)
-            video = rearrange(torch.from_numpy(render_clip(spec, world)).float().div(255.0), "f h w c -> 1 c f h w")
-            latents = encode_frames(model.vae, video, sample=False)
+            latents = clip_latents(model.vae, spec, world, video_domain=False)
             text = caption(spec)
             true_text, other_text = encode_prompts(model.tokenizer, model.text_encoder, [text, swapped(text)])
             for t in timesteps:

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from zoetrope.pipelines.components import encode_frames, encode_prompts
-from zoetrope.training.engine import make_noise_scheduler
-from zoetrope.world.render import WorldConfig, caption, render_clip, sample_clip_spec
+from zoetrope.pipelines.components import encode_prompts
+from zoetrope.world.probing import clip_latents, motion_noise_scheduler
+from zoetrope.world.render import WorldConfig, caption, sample_clip_spec
 
 
 def positions(height: int, width: int) -> np.ndarray:
@@ -79,13 +79,11 @@ def mlp_r2(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y:
 
 def capture(pipeline, clips: int, timesteps: list[int], seed: int = 0) -> dict[int, dict[str, list[np.ndarray]]]:
     """Per timestep and motion module (name `block.index (h x w)`): one (frames * h * w, channels) array per clip."""
-    from zoetrope.training.stages import get_stage
-
     world = WorldConfig()
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
     unet, model = pipeline.video_unet, pipeline.image_model
-    scheduler = make_noise_scheduler(get_stage("motion").noise_schedule(model.parameterization))
+    scheduler = motion_noise_scheduler(model.parameterization)
     modules = [
         (f"{name}.{index}", module)
         for name, block in unet.motion_modules.named_blocks()
@@ -106,8 +104,7 @@ def capture(pipeline, clips: int, timesteps: list[int], seed: int = 0) -> dict[i
         with torch.no_grad():
             for _ in range(clips):
                 spec = sample_clip_spec(rng, world, camera="zoom in")
-                video = rearrange(torch.from_numpy(render_clip(spec, world, True)).float().div(255.0), "f h w c -> 1 c f h w")
-                latents = encode_frames(model.vae, video, sample=False)
+                latents = clip_latents(model.vae, spec, world, video_domain=True)
                 text = encode_prompts(model.tokenizer, model.text_encoder, [caption(spec)])
                 for t in timesteps:
                     noise = torch.randn(latents.shape, generator=generator)
