@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from zoetrope.pipelines.components import encode_prompts
-from zoetrope.world.probing import clip_latents, motion_noise_scheduler
+from zoetrope.training.probing import clip_latents, motion_noise_scheduler
 from zoetrope.world.render import WorldConfig, caption, sample_clip_spec
 
 

@@ -14,14 +14,13 @@ import torch
 from einops import rearrange
 
 from zoetrope.pipelines.components import Parameterization, encode_frames
+from zoetrope.training.engine import make_noise_scheduler
+from zoetrope.training.stages import get_stage
 from zoetrope.world.render import ClipSpec, WorldConfig, render_clip
 
 
 def motion_noise_scheduler(parameterization: Parameterization) -> Any:
     """The motion stage's forward process (`add_noise`, `get_velocity`) for a model of this parameterization."""
-    from zoetrope.training.engine import make_noise_scheduler
-    from zoetrope.training.stages import get_stage
-
     return make_noise_scheduler(get_stage("motion").noise_schedule(parameterization))
 
 
