@@ -137,7 +137,11 @@ def load_position_code(path: str | Path, motion_modules: MotionModules, strength
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     if metadata.get("zoetrope_kind") != "position_code":
         raise InputError(f"{path} is not a position code (a MotionLoRA stage export with lora.position_code: true)")
-    code = PositionCode(motion_modules, int(metadata.get("position_frequencies", 3)), strength)
+    try:
+        frequencies = int(metadata.get("position_frequencies", "3"))
+    except ValueError:
+        raise InputError(f"position code {path}: metadata position_frequencies is not an integer; re-export it") from None
+    code = PositionCode(motion_modules, frequencies, strength)
     expected = code.named_weights()
     if set(tensors) != set(expected):
         missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))

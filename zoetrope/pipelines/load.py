@@ -149,11 +149,11 @@ def load_pipeline(
     for item in map(WeightedFile.parse, motion_loras):
         expect_kind(inspect_file(item.path), "motion_lora")
         load_motion_lora(item.path, modules, item.strength).merge(modules)
-    if position_code is not None:
+    code = None if position_code is None else WeightedFile.parse(position_code)
+    if code is not None:
         from zoetrope.adapters.position import load_position_code
 
-        item = WeightedFile.parse(position_code)
-        load_position_code(item.path, modules, item.strength)
+        load_position_code(code.path, modules, code.strength)
     pipeline = VideoPipeline(
         image_model=image_model,
         video_unet=video_unet.eval(),
@@ -164,8 +164,7 @@ def load_pipeline(
             "adapter": str(adapter) if adapter is not None else None,
             "vae": str(vae) if vae is not None else None,
             "motion_loras": [f"{item.path}:{item.strength}" for item in map(WeightedFile.parse, motion_loras)],
-            "position_code": None if position_code is None else f"{WeightedFile.parse(position_code).path}:"
-            f"{WeightedFile.parse(position_code).strength}",
+            "position_code": None if code is None else f"{code.path}:{code.strength}",
         },
     )
     return pipeline.to(device=device)

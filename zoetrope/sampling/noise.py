@@ -166,9 +166,10 @@ def zoom_warped(shape: Sequence[int], generator: Generators, zoom: float = 1.4, 
     Frame k reads a shared standard normal field B at (p - c) / zoom^(k / 15) + c (nearest pixel; zoom > 1 magnifies,
     a camera zooming in; < 1 a zoom out, whose frame edges repeat B's border pixels): `zoom` is the factor from frame 0
     to frame 15, the whole of a 16-frame clip, and longer clips keep the rate (so frame k does not depend on the
-    clip's length). The structure the sampler lays out at pure noise thus already flows outward; eps_k = sqrt(a^2/(1+a^2)) * warp_k(B) + sqrt(1/(1+a^2)) * eps_ind_k as in `pyoco_mixed`. Each
-    pixel copies one pixel of B, so every frame keeps its N(0, 1) marginals; a magnified frame repeats pixels of B,
-    which the fresh part (weight 1/(1+a^2) in variance) breaks up. Why: with zero terminal SNR the layout of a clip
+    clip's length). The structure the sampler lays out at pure noise thus already flows outward. Then
+    eps_k = sqrt(a^2/(1+a^2)) * warp_k(B) + sqrt(1/(1+a^2)) * eps_ind_k, as in `pyoco_mixed`. Each pixel copies one
+    pixel of B, so every frame keeps its N(0, 1) marginals; a magnified frame repeats pixels of B, which the fresh
+    part (weight 1/(1+a^2) in variance) breaks up. Why: with zero terminal SNR the layout of a clip
     follows its initial noise (docs/world-training.md, sixth session), and a MotionLoRA that has not learned a zoom's
     direction at high noise (twenty-fourth session) may still keep one it is given. The idea of warping noise along
     an intended flow is Go-with-the-Flow's (Burgert et al. 2025), which warps with a distribution-preserving
