@@ -635,7 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument(
         "--camera-speed-range", type=float, nargs=2, default=[0.3, 0.45], metavar=("LOW", "HIGH"),
         help="camera clips: zoom factor minus one, or pan travel in image sizes, over the clip (default 0.3 0.45, "
-        "what the shipped MotionLoRAs saw)",
+        "what the shipped pan LoRA saw; the shipped zoom LoRA saw 0.8 1.0)",
     )
     make.add_argument("--overwrite", action="store_true")
     make.set_defaults(handler=cmd_world_make)
