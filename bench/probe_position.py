@@ -23,17 +23,16 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from zoetrope.adapters.position import position_features
 from zoetrope.pipelines.components import encode_prompts
 from zoetrope.training.probing import clip_latents, motion_noise_scheduler
 from zoetrope.world.render import WorldConfig, caption, sample_clip_spec
 
 
 def positions(height: int, width: int) -> np.ndarray:
-    """(h * w, 2) pixel-centre coordinates x, y in [-1, 1], row-major like a flattened feature map."""
-    ys = (np.arange(height) + 0.5) / height * 2 - 1
-    xs = (np.arange(width) + 0.5) / width * 2 - 1
-    grid_y, grid_x = np.meshgrid(ys, xs, indexing="ij")
-    return np.stack([grid_x.ravel(), grid_y.ravel()], axis=-1)
+    """(h * w, 2) pixel-centre coordinates x, y in [-1, 1], row-major like a flattened feature map: the position
+    code's own coordinates (`position_features` without harmonics)."""
+    return position_features(height, width, frequencies=0).numpy().astype(np.float64)
 
 
 def r_squared(predicted: np.ndarray, target: np.ndarray) -> float:

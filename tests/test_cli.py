@@ -52,7 +52,8 @@ def test_generate_with_a_position_code(files, tmp_path, capsys) -> None:
     names it, and a file of another kind is one line of error."""
     import imageio.v3 as iio
 
-    from zoetrope.adapters.position import PositionCode, save_position_code
+    from zoetrope.adapters.position import PositionCode
+    from zoetrope.formats.lora_files import save_position_code
     from zoetrope.formats.motion import load_motion_module
 
     model, motion = files

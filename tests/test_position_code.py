@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import make_tiny_motion_modules as _modules, make_tiny_unet
-from zoetrope.adapters.position import PositionCode, load_position_code, position_features, save_position_code
+from zoetrope.adapters.position import PositionCode, position_features
+from zoetrope.formats.lora_files import load_position_code, save_position_code
 from zoetrope.errors import InputError
 from zoetrope.models.video_unet import VideoUNet
 

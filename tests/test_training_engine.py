@@ -239,8 +239,7 @@ def test_motion_stage_extends_a_trained_module_with_text_cross_attention(trainin
 def test_motion_lora_with_a_position_code_trains_it_and_its_files_reproduce_the_output(training_files, tmp_path) -> None:
     """`lora.position_code`: the code starts at zero, trains beside the MotionLoRA, and the two exports loaded onto a
     fresh motion module (and through `load_pipeline`'s loader) reproduce the trained video UNet."""
-    from zoetrope.adapters.position import load_position_code
-    from zoetrope.formats.lora_files import load_motion_lora
+    from zoetrope.formats.lora_files import load_motion_lora, load_position_code
 
     config = make_config(training_files, tmp_path, "motion-lora", steps=2, lr=1e-2, lora={"rank": 2, "position_code": True})
     trainer = Trainer(config, dataset=TensorClips())

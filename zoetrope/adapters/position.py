@@ -9,14 +9,14 @@ lives, and a LoCon on the image UNet's convolutions did not raise it (docs/world
 `PositionCode` adds, to the tokens each motion module's `proj_in` makes, a learned linear map of a fixed 2D code
 of the pixel's position (x, y in [-1, 1] from the frame's centre, and sin / cos of pi k x, pi k y for k = 1..K).
 The maps start at zero, so a fresh code leaves the module exactly as it was; it changes only the module's residual
-delta, never the image UNet's own features, so motion strength 0 still gives the image model per frame.
+delta, never the image UNet's own features, so motion strength 0 still gives the image model per frame. Files:
+`zoetrope.formats.lora_files.save_position_code` / `load_position_code`.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from einops import repeat
@@ -24,10 +24,6 @@ from torch import nn
 
 from zoetrope.errors import InputError
 from zoetrope.models.motion_module import MotionModule, MotionModules
-
-POSITION_CODE_NAME = "position_code.safetensors"
-"""The file beside a MotionLoRA export that holds its position code (`lora.position_code`)."""
-
 
 def position_features(height: int, width: int, frequencies: int) -> torch.Tensor:
     """(h * w, 2 + 4 K) code of each pixel centre, row-major (as `(h w)` flattens): x, y, then sin / cos of pi k x and
@@ -80,17 +76,18 @@ class PositionCode(nn.Module):
         if [name for name, _ in modules] != self.names:
             raise InputError("position code: built for another motion module layout; load it onto the module it was trained with")
         for (_, module), projection in zip(modules, self.projections, strict=True):
-            size: dict[str, tuple[int, int]] = {}
+            size: dict[str, Any] = {}
 
             def remember(_module: nn.Module, args: tuple, size: dict = size) -> None:
                 size["hw"] = tuple(args[0].shape[-2:])
 
             def add(_linear: nn.Module, _args: tuple, tokens: torch.Tensor, size: dict = size, projection: nn.Linear = projection) -> torch.Tensor:
                 height, width = size["hw"]
+                if size.get("features_hw") != (height, width):  # the code of this size, once, not at every step
+                    size["features_hw"] = (height, width)
+                    size["features"] = position_features(height, width, self.frequencies)
                 # cast here: the code is not a submodule of the pipeline, so `pipeline.to(...)` does not move it
-                code = nn.functional.linear(
-                    position_features(height, width, self.frequencies).to(tokens), projection.weight.to(tokens)
-                )
+                code = nn.functional.linear(size["features"].to(tokens), projection.weight.to(tokens))
                 batch = tokens.shape[0] // (height * width)
                 return tokens + self.strength * repeat(code, "(h w) c -> (b h w) 1 c", b=batch, h=height, w=width)
 
@@ -106,56 +103,3 @@ class PositionCode(nn.Module):
     def named_weights(self) -> dict[str, torch.Tensor]:
         """The file's tensors: `<motion module path>.position.weight`."""
         return {f"{name}.position.weight": p.weight for name, p in zip(self.names, self.projections, strict=True)}
-
-
-def save_position_code(code: PositionCode, path: str | Path, metadata: Mapping[str, object] | None = None) -> Path:
-    """Write the code's weights as safetensors (float32), with its frequency count in the metadata."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {key: value.detach().float().contiguous().cpu() for key, value in code.named_weights().items()}
-    text = {key: str(value) for key, value in (metadata or {}).items()}
-    text["zoetrope_kind"] = "position_code"
-    text["position_frequencies"] = str(code.frequencies)
-    temporary = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(temporary), metadata=text)
-    temporary.replace(path)
-    return path
-
-
-def load_position_code(path: str | Path, motion_modules: MotionModules, strength: float = 1.0) -> PositionCode:
-    """A `PositionCode` from `save_position_code`'s file, attached to `motion_modules`; a file for another motion
-    module (names or widths) is refused by name."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"position code {path}: no such file")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    if metadata.get("zoetrope_kind") != "position_code":
-        raise InputError(f"{path} is not a position code (a MotionLoRA stage export with lora.position_code: true)")
-    try:
-        frequencies = int(metadata.get("position_frequencies", "3"))
-    except ValueError:
-        raise InputError(f"position code {path}: metadata position_frequencies is not an integer; re-export it") from None
-    code = PositionCode(motion_modules, frequencies, strength)
-    expected = code.named_weights()
-    if set(tensors) != set(expected):
-        missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-        raise InputError(
-            f"position code {path} does not fit this motion module (missing {missing[:2]}, unexpected {extra[:2]}); "
-            "load it with the motion module it was trained on"
-        )
-    with torch.no_grad():
-        for key, weight in expected.items():
-            if tensors[key].shape != weight.shape:
-                raise InputError(
-                    f"position code {path}: {key} has shape {tuple(tensors[key].shape)}, this motion module needs "
-                    f"{tuple(weight.shape)}; load it with the motion module it was trained on"
-                )
-            weight.copy_(tensors[key])
-    first = next(iter(motion_modules.parameters()))
-    return code.to(device=first.device, dtype=first.dtype).attach(motion_modules)

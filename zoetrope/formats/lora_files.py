@@ -26,16 +26,19 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Literal, Mapping
 
 import torch
 from torch import nn
 
 from zoetrope import __version__
 from zoetrope.adapters.lora import LoRALayer, LoRANetwork, fit_to_module
-from zoetrope.errors import CheckpointError, ConfigError
+from zoetrope.errors import CheckpointError, ConfigError, InputError
 from zoetrope.formats.rename import sample_keys
-from zoetrope.formats.safe_load import load_state_dict, save_state_dict
+from zoetrope.formats.safe_load import load_state_dict, read_metadata, save_state_dict
+
+if TYPE_CHECKING:
+    from zoetrope.adapters.position import PositionCode
 
 logger = logging.getLogger(__name__)
 
@@ -403,3 +406,52 @@ def save_domain_adapter(
     """Write a network on the image UNet's attention in the official domain-adapter naming (safetensors)."""
     state = _processor_state(network, lambda name: name, "domain adapter")
     return save_state_dict(state, path, _metadata("domain_adapter", network, metadata))
+
+
+# ---------------------------------------------------------------------------------------------- position codes
+POSITION_CODE_NAME = "position_code.safetensors"
+"""The file beside a MotionLoRA export that holds its position code (`lora.position_code`)."""
+
+
+def save_position_code(code: "PositionCode", path: str | os.PathLike, metadata: Mapping[str, object] | None = None) -> Path:
+    """Write a `zoetrope.adapters.position.PositionCode` as safetensors (float32), its frequency count in the metadata."""
+    tensors = {key: value.float() for key, value in code.named_weights().items()}
+    return save_state_dict(
+        tensors, path, {**(metadata or {}), "zoetrope_kind": "position_code", "position_frequencies": str(code.frequencies)}
+    )
+
+
+def load_position_code(path: str | os.PathLike, motion_modules: nn.Module, strength: float = 1.0) -> "PositionCode":
+    """A `PositionCode` from `save_position_code`'s file, attached to `motion_modules`; a file of another kind, or one
+    for another motion module (names or widths), is refused by name."""
+    from zoetrope.adapters.position import PositionCode
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"position code {path}: no such file")
+    metadata = read_metadata(path)
+    if metadata.get("zoetrope_kind") != "position_code":
+        raise InputError(f"{path} is not a position code (a MotionLoRA stage export with lora.position_code: true)")
+    try:
+        frequencies = int(metadata.get("position_frequencies", "3"))
+    except ValueError:
+        raise InputError(f"position code {path}: metadata position_frequencies is not an integer; re-export it") from None
+    tensors = load_state_dict(path)
+    code = PositionCode(motion_modules, frequencies, strength)
+    expected = code.named_weights()
+    if set(tensors) != set(expected):
+        missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+        raise InputError(
+            f"position code {path} does not fit this motion module (missing {missing[:2]}, unexpected {extra[:2]}); "
+            "load it with the motion module it was trained on"
+        )
+    with torch.no_grad():
+        for key, weight in expected.items():
+            if tensors[key].shape != weight.shape:
+                raise InputError(
+                    f"position code {path}: {key} has shape {tuple(tensors[key].shape)}, this motion module needs "
+                    f"{tuple(weight.shape)}; load it with the motion module it was trained on"
+                )
+            weight.copy_(tensors[key])
+    first = next(iter(motion_modules.parameters()))
+    return code.to(device=first.device, dtype=first.dtype).attach(motion_modules)

@@ -107,7 +107,7 @@ def load_pipeline(
     `position_code` attaches a motion-module position code (`zoetrope.adapters.position`) at its strength.
     """
     from zoetrope.formats.kohya import load_image_lora
-    from zoetrope.formats.lora_files import load_domain_adapter, load_motion_lora
+    from zoetrope.formats.lora_files import load_domain_adapter, load_motion_lora, load_position_code
 
     if model is None and motion_module is None:
         from zoetrope.world.bundled import bundled_paths
@@ -151,8 +151,6 @@ def load_pipeline(
         load_motion_lora(item.path, modules, item.strength).merge(modules)
     code = None if position_code is None else WeightedFile.parse(position_code)
     if code is not None:
-        from zoetrope.adapters.position import load_position_code
-
         load_position_code(code.path, modules, code.strength)
     pipeline = VideoPipeline(
         image_model=image_model,

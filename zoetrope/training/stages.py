@@ -416,17 +416,16 @@ SPATIAL_LORA_NAME = "spatial_lora.safetensors"
 
 
 def _export_motion_lora(model: StageModel, path: Path, metadata: Mapping[str, object]) -> Path:
-    from zoetrope.formats.lora_files import save_motion_lora
+    from zoetrope.formats.lora_files import POSITION_CODE_NAME, save_motion_lora, save_position_code
 
+    text = _metadata(model, metadata)
     if "unet" in model.networks:
         from zoetrope.formats.kohya import save_kohya_lora
 
-        save_kohya_lora(path.with_name(SPATIAL_LORA_NAME), unet=model.networks["unet"], metadata=_metadata(model, metadata))
+        save_kohya_lora(path.with_name(SPATIAL_LORA_NAME), unet=model.networks["unet"], metadata=text)
     if "position" in model.networks:
-        from zoetrope.adapters.position import POSITION_CODE_NAME, save_position_code
-
-        save_position_code(model.networks["position"], path.with_name(POSITION_CODE_NAME), _metadata(model, metadata))
-    return save_motion_lora(model.networks["motion"], path, _metadata(model, metadata))
+        save_position_code(model.networks["position"], path.with_name(POSITION_CODE_NAME), text)
+    return save_motion_lora(model.networks["motion"], path, text)
 
 
 def _export_sparsectrl(model: StageModel, path: Path, metadata: Mapping[str, object]) -> Path:
