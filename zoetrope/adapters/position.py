@@ -25,6 +25,7 @@ from torch import nn
 from zoetrope.errors import InputError
 from zoetrope.models.motion_module import MotionModule, MotionModules
 
+
 def position_features(height: int, width: int, frequencies: int) -> torch.Tensor:
     """(h * w, 2 + 4 K) code of each pixel centre, row-major (as `(h w)` flattens): x, y, then sin / cos of pi k x and
     pi k y for k = 1..K. x and y alone give a zoom's flow direction linearly; the harmonics let a few channels
@@ -60,10 +61,11 @@ class PositionCode(nn.Module):
             raise InputError(f"position code: found {frequencies} frequencies, expected >= 0")
         self.frequencies = frequencies
         self.strength = strength
-        self.names = [name for name, _ in _modules(motion_modules)]
+        modules = _modules(motion_modules)
+        self.names = [name for name, _ in modules]
         features = 2 + 4 * frequencies
         self.projections = nn.ModuleList(
-            nn.Linear(features, module.proj_in.out_features, bias=False) for _, module in _modules(motion_modules)
+            nn.Linear(features, module.proj_in.out_features, bias=False) for _, module in modules
         )
         for projection in self.projections:
             nn.init.zeros_(projection.weight)

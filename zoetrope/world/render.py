@@ -161,9 +161,10 @@ class WorldConfig:
 
     `camera_speed_range` is the (low, high) camera motion of a camera clip, drawn uniformly per clip: the zoom factor
     minus one over the whole clip for zooms, the travel in image sizes for pans. The default (0.3, 0.45) is what the
-    shipped pan LoRA saw; the shipped zoom LoRA saw (0.8, 1.0) (twenty-fourth session). Why a knob: a zoom by 1.3-1.45 moves the frame's edge by 10-14 px (2.4-3.6 latent
-    px) and its centre by almost nothing, half of what a pan of the same number moves everywhere; a MotionLoRA's
-    training clips may need a stronger zoom to show it (issue 3, docs/world-training.md, twenty-fourth session).
+    shipped pan LoRA saw; the shipped zoom LoRA saw (0.8, 1.0) (twenty-fourth session). Why a knob: a zoom by
+    1.3-1.45 moves the frame's edge by 10-14 px (2.4-3.6 latent px) and its centre by almost nothing, half of what
+    a pan of the same number moves everywhere; a MotionLoRA's training clips may need a stronger zoom to show it
+    (issue 3, docs/world-training.md, twenty-fourth session).
     A draw whose object leaves the frame is redrawn, so a strong zoom keeps its object near the centre.
     """
 
