@@ -1,0 +1,53 @@
+"""Deepening a trained UNet keeps its function and trains (zoetrope.models.deepen)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import make_tiny_unet
+from zoetrope.models.deepen import deepen_unet
+
+
+def _inputs(seed: int = 3):
+    generator = torch.Generator().manual_seed(seed)
+    latents = torch.randn(2, 4, 8, 8, generator=generator)
+    context = torch.randn(2, 5, 32, generator=generator)
+    return latents, torch.tensor([10, 800]), context
+
+
+@pytest.mark.parametrize("layers, extra", [(1, 1), (2, 1), (1, 2)])
+def test_deepened_unet_computes_the_same_function(layers, extra):
+    unet = make_tiny_unet(layers_per_block=layers)
+    grown = deepen_unet(unet, extra).eval()
+    assert grown.config.layers_per_block == layers + extra
+    assert len(grown.down_blocks[0].resnets) == layers + extra
+    assert len(grown.up_blocks[1].attentions) == layers + extra + 1
+    assert sum(p.numel() for p in grown.parameters()) > sum(p.numel() for p in unet.parameters())
+    latents, timesteps, context = _inputs()
+    with torch.no_grad():
+        before = unet(latents, timesteps, context).sample
+        after = grown(latents, timesteps, context).sample
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+
+
+def test_new_layers_are_trainable_and_change_the_output():
+    unet = make_tiny_unet()
+    grown = deepen_unet(unet)
+    latents, timesteps, context = _inputs()
+    new_conv = grown.down_blocks[0].resnets[1].conv2
+    assert new_conv.weight.abs().sum() == 0
+    grown.train()
+    grown(latents, timesteps, context).sample.square().mean().backward()
+    assert new_conv.weight.grad is not None and new_conv.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        new_conv.weight.add_(0.1)
+        changed = grown.eval()(latents, timesteps, context).sample
+        original = unet(latents, timesteps, context).sample
+    assert (changed - original).abs().max() > 1e-3
+
+
+def test_bad_requests_raise():
+    unet = make_tiny_unet()
+    with pytest.raises(ValueError, match="at least one"):
+        deepen_unet(unet, 0)

@@ -1,0 +1,125 @@
+"""Make a trained 2D UNet deeper without changing what it computes (net2net-style growth).
+
+Why: the shapes world's image model stops improving its shapes at ~45 % of stills (docs/world-training.md, 25th
+session) with one ResNet + one transformer per UNet level. Whether *capacity* is what binds can be asked cheaply by
+continuing the trained model with more layers per level instead of training a deeper one from nothing (which would
+also have to relearn colours, backgrounds and the text conditioning). The new layers start as identities, so the
+grown model draws exactly the pictures the trained one did, and training decides what they add.
+
+How the identities are built (diffusers `UNet2DConditionModel`, blocks with `layers_per_block` L):
+
+- Down blocks get `extra` more ResNets (and transformers, in cross-attention blocks) after their last layer. A
+  ResNet whose last convolution is zero returns its input (`input + conv2(...)`); a transformer whose output
+  projection is zero does too (`proj_out(...) + residual`). Each new layer also pushes a skip connection, equal to
+  the previous layer's output.
+- Up blocks consume `extra` more skips. Their first layer stays first (it alone takes the wider input coming from
+  the level below); the new ResNets follow it, each reading the current features and one duplicated skip through a
+  1x1 shortcut set to pass the features and drop the skip; the old remaining layers follow, reading the skips they
+  read before.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _zero_branch_resnet(resnet: nn.Module) -> None:
+    """Turn a fresh diffusers `ResnetBlock2D` into an identity on its features (its skip input, if any, dropped)."""
+    nn.init.zeros_(resnet.conv2.weight)
+    nn.init.zeros_(resnet.conv2.bias)
+    shortcut = resnet.conv_shortcut
+    if shortcut is not None:
+        out_channels = shortcut.weight.shape[0]
+        with torch.no_grad():
+            shortcut.weight.zero_()
+            shortcut.weight[:, :out_channels, 0, 0] = torch.eye(out_channels)
+            shortcut.bias.zero_()
+
+
+def _zero_branch_transformer(transformer: nn.Module) -> None:
+    """Turn a fresh diffusers `Transformer2DModel` into an identity (its output projection is zero)."""
+    nn.init.zeros_(transformer.proj_out.weight)
+    nn.init.zeros_(transformer.proj_out.bias)
+
+
+def _old_up_index(new_index: int, extra: int) -> int | None:
+    """Which old up-block layer sits at `new_index` of the grown block (None: a new identity layer)."""
+    if new_index == 0:
+        return 0
+    if new_index <= extra:
+        return None
+    return new_index - extra
+
+
+def _layer_map(unet: nn.Module, extra: int) -> dict[str, str]:
+    """New module path prefix -> old prefix for every layer the grown UNet keeps; paths not listed are new."""
+    layers = unet.config.layers_per_block
+    mapping: dict[str, str] = {}
+    for b, _ in enumerate(unet.down_blocks):
+        for i in range(layers):
+            for part in ("resnets", "attentions"):
+                mapping[f"down_blocks.{b}.{part}.{i}."] = f"down_blocks.{b}.{part}.{i}."
+    for b, _ in enumerate(unet.up_blocks):
+        for new in range(layers + 1 + extra):
+            old = _old_up_index(new, extra)
+            if old is not None:
+                for part in ("resnets", "attentions"):
+                    mapping[f"up_blocks.{b}.{part}.{new}."] = f"up_blocks.{b}.{part}.{old}."
+    return mapping
+
+
+def _old_key(key: str, mapping: dict[str, str]) -> str | None:
+    """The trained model's key for a grown model's key, or None for a parameter of a new layer."""
+    if not key.startswith(("down_blocks.", "up_blocks.")):
+        return key
+    parts = key.split(".")
+    if len(parts) < 5 or parts[2] not in ("resnets", "attentions"):
+        return key  # downsamplers / upsamplers
+    prefix = ".".join(parts[:4]) + "."
+    if prefix not in mapping:
+        return None
+    return mapping[prefix] + ".".join(parts[4:])
+
+
+def deepen_unet(unet: nn.Module, extra: int = 1) -> nn.Module:
+    """A copy of `unet` with `extra` more layers per block that computes the same function until it is trained.
+
+    `unet` is a diffusers `UNet2DConditionModel` with an integer `layers_per_block`; the copy has the same dtype and
+    config otherwise. New layers are identities (see the module docstring); every other weight is copied.
+    """
+    from diffusers import UNet2DConditionModel
+
+    if extra < 1:
+        raise ValueError(f"extra={extra}: deepening adds at least one layer per block")
+    layers = unet.config.layers_per_block
+    if not isinstance(layers, int):
+        raise ValueError(
+            f"layers_per_block={layers!r}: only a UNet with the same number of layers in every block can be deepened"
+        )
+    config = {**unet.config, "layers_per_block": layers + extra}
+    grown = UNet2DConditionModel.from_config(config)
+    dtype = next(unet.parameters()).dtype
+    if dtype != grown.dtype:
+        grown = grown.to(dtype)
+    mapping = _layer_map(unet, extra)
+    old_state = unet.state_dict()
+    new_state = grown.state_dict()
+    for key in new_state:
+        old = _old_key(key, mapping)
+        if old is not None:
+            if old_state[old].shape != new_state[key].shape:
+                raise RuntimeError(f"deepen_unet: {key} <- {old} has shape {tuple(old_state[old].shape)}, expected {tuple(new_state[key].shape)}")
+            new_state[key] = old_state[old]
+    grown.load_state_dict(new_state)
+    for b, block in enumerate(grown.down_blocks):
+        for i in range(layers, layers + extra):
+            _zero_branch_resnet(block.resnets[i])
+            if getattr(block, "attentions", None):
+                _zero_branch_transformer(block.attentions[i])
+    for block in grown.up_blocks:
+        for i in range(1, extra + 1):
+            _zero_branch_resnet(block.resnets[i])
+            if getattr(block, "attentions", None):
+                _zero_branch_transformer(block.attentions[i])
+    return grown
