@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import make_tiny_unet
+from conftest import make_tiny_unet
 from zoetrope.models.deepen import deepen_unet
 
 
@@ -51,3 +51,34 @@ def test_bad_requests_raise():
     unet = make_tiny_unet()
     with pytest.raises(ValueError, match="at least one"):
         deepen_unet(unet, 0)
+    from conftest import make_tiny_motion_modules
+    from zoetrope.models.deepen import deepen_motion_modules
+
+    with pytest.raises(ValueError, match="zero_init=False"):
+        deepen_motion_modules(make_tiny_motion_modules())
+
+
+def test_deepened_video_unet_computes_the_same_video():
+    from conftest import tiny_motion_config
+    from zoetrope.models.deepen import deepen_motion_modules
+    from zoetrope.models.motion_module import MotionModules
+    from zoetrope.models.video_unet import VideoUNet
+
+    torch.manual_seed(4)
+    modules = MotionModules(tiny_motion_config())
+    with torch.no_grad():
+        for parameter in modules.parameters():  # trained modules move things: no zero outputs
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    unet = make_tiny_unet()
+    grown_unet = deepen_unet(unet)
+    grown_modules = deepen_motion_modules(modules.eval())
+    assert grown_modules.num_modules() == modules.num_modules() + len(modules.down_blocks) + len(modules.up_blocks)
+    generator = torch.Generator().manual_seed(5)
+    sample = torch.randn(1, 4, 4, 8, 8, generator=generator)
+    text = torch.randn(1, 5, 32, generator=generator)
+    with torch.no_grad():
+        before = VideoUNet(unet, modules.eval())(sample, torch.tensor([500]), text)
+        after = VideoUNet(grown_unet.eval(), grown_modules.eval())(sample, torch.tensor([500]), text)
+        still = VideoUNet(make_tiny_unet(), modules.eval())(sample, torch.tensor([500]), text, motion_strength=0.0)
+    assert (before - still).abs().max() > 1e-3  # the modules act on the video
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)

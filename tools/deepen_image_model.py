@@ -1,11 +1,13 @@
 """Write a copy of an SD single-file image model whose UNet has more layers per block, drawing the same pictures.
 
-    python tools/deepen_image_model.py IN.safetensors OUT.safetensors [--extra 1]
+    python tools/deepen_image_model.py IN.safetensors OUT.safetensors [--extra 1] [--motion-module M --motion-output O]
 
 Why: to ask whether UNet capacity is what holds the shapes world's shape fidelity, a trained model is continued with
 more layers instead of trained again from nothing (`zoetrope.models.deepen`). The text encoder, VAE and the
 parameterization metadata (v-prediction, zero terminal SNR) are kept; the new layers start as identities, and the
-script checks that the two UNets agree on random inputs before it writes.
+script checks that the two UNets agree on random inputs before it writes. `--motion-module` also writes a motion
+module for the deeper UNet (one more zero-initialised module per block), so a module trained on the source can be
+adapted to the deeper model instead of trained again.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import torch
 
 from zoetrope.formats.safe_load import read_metadata
 from zoetrope.formats.sd_single_file import CONFIGS_METADATA_KEY, save_sd_single_file
-from zoetrope.models.deepen import deepen_unet
+from zoetrope.formats.motion import load_motion_module, save_motion_module
+from zoetrope.models.deepen import deepen_motion_modules, deepen_unet
 from zoetrope.pipelines.components import load_image_model
 
 logger = logging.getLogger("deepen_image_model")
@@ -28,7 +31,11 @@ def main() -> None:
     parser.add_argument("source", help="single-file SD model (.safetensors)")
     parser.add_argument("output", help="where to write the deepened model (.safetensors)")
     parser.add_argument("--extra", type=int, default=1, help="layers to add to every UNet block")
+    parser.add_argument("--motion-module", help="a motion module trained on the source model, to deepen as well")
+    parser.add_argument("--motion-output", help="where to write the deepened motion module (official layout)")
     args = parser.parse_args()
+    if bool(args.motion_module) != bool(args.motion_output):
+        parser.error("--motion-module and --motion-output go together")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     model = load_image_model(args.source)
@@ -49,6 +56,10 @@ def main() -> None:
     after = sum(p.numel() for p in grown.parameters())
     logger.info("%s: layers per block %d -> %d, UNet parameters %d -> %d; max output change %.1e",
                 args.output, model.unet.config.layers_per_block, grown.config.layers_per_block, before, after, gap)
+    if args.motion_module:
+        modules = deepen_motion_modules(load_motion_module(args.motion_module), args.extra)
+        save_motion_module(modules, args.motion_output, metadata={"zoetrope.deepened_from": args.motion_module})
+        logger.info("%s: %d motion modules (from %s)", args.motion_output, modules.num_modules(), args.motion_module)
 
 
 if __name__ == "__main__":

@@ -123,3 +123,32 @@ def deepen_unet(unet: nn.Module, extra: int = 1) -> nn.Module:
             if getattr(block, "attentions", None):
                 _zero_branch_transformer(block.attentions[i])
     return grown
+
+
+def deepen_motion_modules(modules: nn.Module, extra: int = 1) -> nn.Module:
+    """Motion modules for a UNet deepened by `deepen_unet(unet, extra)`, computing the same video function.
+
+    One motion module follows each UNet layer, so a grown UNet has `extra` more per block. The trained modules keep
+    the layers they followed (down block: the first L; up block: the first, then the last L), and the new ones are
+    the config's zero-initialised modules (output projection zero: an identity, as a fresh AnimateDiff module is).
+    """
+    from zoetrope.models.motion_module import MotionModules
+
+    if extra < 1:
+        raise ValueError(f"extra={extra}: deepening adds at least one layer per block")
+    config = modules.config
+    if not config.zero_init:
+        raise ValueError("the motion modules' config has zero_init=False: new modules would not start as identities")
+    layers = config.layers_per_block
+    grown = MotionModules(config.with_(layers_per_block=layers + extra)).to(next(modules.parameters()).dtype)
+    for old_block, new_block in zip(modules.down_blocks, grown.down_blocks, strict=True):
+        for i in range(layers):
+            new_block.motion_modules[i].load_state_dict(old_block.motion_modules[i].state_dict())
+    for old_block, new_block in zip(modules.up_blocks, grown.up_blocks, strict=True):
+        for new in range(layers + 1 + extra):
+            old = _old_up_index(new, extra)
+            if old is not None:
+                new_block.motion_modules[new].load_state_dict(old_block.motion_modules[old].state_dict())
+    if modules.mid_block is not None:
+        grown.mid_block.load_state_dict(modules.mid_block.state_dict())
+    return grown
