@@ -82,3 +82,22 @@ def test_deepened_video_unet_computes_the_same_video():
         still = VideoUNet(make_tiny_unet(), modules.eval())(sample, torch.tensor([500]), text, motion_strength=0.0)
     assert (before - still).abs().max() > 1e-3  # the modules act on the video
     torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("extra", [1, 2])
+def test_deepened_path_finds_each_trained_layer_in_the_grown_unet(extra):
+    from zoetrope.models.deepen import deepened_path
+
+    unet = make_tiny_unet()
+    grown = deepen_unet(unet, extra)
+    checked = 0
+    for name, module in unet.named_modules():
+        parts = name.split(".")
+        if len(parts) == 4 and parts[0] in ("down_blocks", "up_blocks") and parts[2] in ("resnets", "attentions"):
+            moved = grown.get_submodule(deepened_path(name, extra))
+            for (key, value), (_, other) in zip(module.state_dict().items(), moved.state_dict().items(), strict=True):
+                assert torch.equal(value, other), (name, key)
+            checked += 1
+    assert checked == 9  # down: 2 resnets + 1 attention; up: 4 resnets + 2 attentions
+    assert deepened_path("up_blocks.1.attentions.1.proj_in.lora.up.weight", extra) == f"up_blocks.1.attentions.{1 + extra}.proj_in.lora.up.weight"
+    assert deepened_path("down_blocks.0.attentions.0.proj_in.weight", extra) == "down_blocks.0.attentions.0.proj_in.weight"

@@ -52,6 +52,20 @@ def _old_up_index(new_index: int, extra: int) -> int | None:
     return new_index - extra
 
 
+def deepened_path(path: str, extra: int = 1) -> str:
+    """Where a trained UNet's module path (`up_blocks.1.attentions.1.<rest>`) sits in `deepen_unet(unet, extra)`.
+
+    For files keyed by UNet module paths, such as a domain adapter (LoRA on the spatial attentions): down-block
+    layers keep their index, up-block layers after the first move `extra` places on.
+    """
+    parts = path.split(".")
+    if len(parts) >= 4 and parts[0] == "up_blocks" and parts[2] in ("resnets", "attentions") and parts[3].isdigit():
+        index = int(parts[3])
+        if index > 0:
+            parts[3] = str(index + extra)
+    return ".".join(parts)
+
+
 def _layer_map(unet: nn.Module, extra: int) -> dict[str, str]:
     """New module path prefix -> old prefix for every layer the grown UNet keeps; paths not listed are new."""
     layers = unet.config.layers_per_block
