@@ -293,3 +293,24 @@ def test_config_and_spec_errors_name_the_field() -> None:
         ClipSpec("square", "pink", "grey")
     with pytest.raises(ConfigError, match="camera"):
         sample_clip_spec(np.random.default_rng(0), CONFIG, camera="dolly zoom")
+
+
+def test_equal_area_gives_every_shape_the_pixels_of_a_circle() -> None:
+    """Rendered at one drawn radius, shapes of equal circumradius differ in area (a star: ~43 % of a circle);
+    with `equal_area` each covers the circle's area (the test reads the foreground pixels of a rendered still)."""
+    from zoetrope.world.metrics import track_object
+
+    def areas(config: WorldConfig) -> dict[str, float]:
+        result = {}
+        for shape in SHAPES:
+            rng = np.random.default_rng(7)  # the same draws for every shape: one radius, one place
+            intent = Intent(shape=shape, colour="red", background="grey", motion="still")
+            spec = sample_clip_spec(rng, config, intent=intent)
+            result[shape] = float(track_object(render_image(spec, config)[None].astype(np.float64)).area[0])
+        return result
+
+    plain, equal = areas(WorldConfig()), areas(WorldConfig(equal_area=True))
+    assert plain["star"] / plain["circle"] < 0.5 and plain["triangle"] / plain["circle"] < 0.5
+    for shape in SHAPES:  # the geometry is exact; the foreground threshold trims more of a pointed outline's edge
+        assert equal[shape] / equal["circle"] == pytest.approx(1.0, abs=0.12), (shape, equal)
+    assert equal["circle"] == pytest.approx(plain["circle"], rel=0.02)

@@ -482,6 +482,7 @@ def cmd_world_make(args: argparse.Namespace) -> int:
     config = WorldConfig(
         size=args.size, num_frames=args.frames, trail_alpha=args.trail_alpha, speed_range=tuple(args.speed_range),
         angle_range=tuple(args.angle_range), camera_speed_range=tuple(args.camera_speed_range),
+        equal_area=args.equal_area,
     )
     files = make_preset(args.preset, args.output, config=config, seed=args.seed, scale=args.scale, overwrite=args.overwrite)
     print(f"wrote {args.preset} world to {args.output}: {files}")
@@ -636,6 +637,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--camera-speed-range", type=float, nargs=2, default=[0.3, 0.45], metavar=("LOW", "HIGH"),
         help="camera clips: zoom factor minus one, or pan travel in image sizes, over the clip (default 0.3 0.45, "
         "what the shipped pan LoRA saw; the shipped zoom LoRA saw 0.8 1.0)",
+    )
+    make.add_argument(
+        "--equal-area", action="store_true",
+        help="draw every shape with the area of a circle of the same size (default: the same circumradius, what the "
+        "shipped models saw, where triangles and stars cover 43 %% of a circle's pixels)",
     )
     make.add_argument("--overwrite", action="store_true")
     make.set_defaults(handler=cmd_world_make)

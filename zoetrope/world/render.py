@@ -29,6 +29,7 @@ content slides to the *right* on screen; "zoom in" magnifies the content about t
 from __future__ import annotations
 
 import io
+import math
 import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -103,6 +104,14 @@ pastel (light) version, which keeps the hue and stays far from every background.
 STAR_INNER_RATIO = 0.45
 """Inner/outer radius ratio of the five-pointed star."""
 
+EQUAL_AREA_SCALE: dict[str, float] = {
+    "circle": 1.0,
+    "square": math.sqrt(math.pi / 2.0),  # a square of circumradius r covers 2 r^2
+    "triangle": math.sqrt(math.pi / (3.0 * math.sqrt(3.0) / 4.0)),  # equilateral: (3 sqrt 3 / 4) r^2
+    "star": math.sqrt(math.pi / (5.0 * STAR_INNER_RATIO * math.sin(math.pi / 5.0))),  # 5 kites: 5 R r sin 36 deg
+}
+"""Circumradius multiplier that gives each shape the area of the circle of the drawn radius (`WorldConfig.equal_area`)."""
+
 _WATERMARK_BAND = ((215.0, 215.0, 215.0), 0.4)
 _WATERMARK_TEXT = ((60.0, 60.0, 60.0), 0.6)
 _GLYPHS: dict[str, tuple[str, ...]] = {
@@ -166,6 +175,12 @@ class WorldConfig:
     a pan of the same number moves everywhere; a MotionLoRA's training clips may need a stronger zoom to show it
     (issue 3, docs/world-training.md, twenty-fourth session).
     A draw whose object leaves the frame is redrawn, so a strong zoom keeps its object near the centre.
+
+    `equal_area` draws every shape with the area of the circle of the same drawn radius (`EQUAL_AREA_SCALE`: the
+    circumradius of a square x1.25, of a triangle or star x1.55). Off by default: every shipped model saw shapes of
+    equal *circumradius*, where a triangle or star covers 43 % of a circle's pixels (~110 px at 64 x 64, under three
+    latent pixels across at the VAE's 4x downsampling) and its corners and points are finer than a latent pixel.
+    Why a knob: to ask whether that resolution is what holds the image model's shape fidelity (twenty-sixth session).
     """
 
     size: int = 64
@@ -183,6 +198,7 @@ class WorldConfig:
     speed_range: tuple[float, float] = (0.3, 0.45)
     angle_range: tuple[float, float] = (0.0, 360.0)
     camera_speed_range: tuple[float, float] = (0.3, 0.45)
+    equal_area: bool = False
 
     def __post_init__(self) -> None:
         self.shapes, self.colours = tuple(self.shapes), tuple(self.colours)
@@ -429,6 +445,8 @@ def sample_clip_spec(
             radius = _uniform(rng, 0.08, 0.11) if chosen_camera == "zoom in" else _uniform(rng, 0.14, 0.19)
         elif chosen_camera in ("pan left", "pan right"):
             camera_speed = _uniform(rng, *config.camera_speed_range)
+        if config.equal_area:
+            radius *= EQUAL_AREA_SCALE[shape]
         spec = ClipSpec(
             **base,
             x=_uniform(rng, radius, 1 - radius),
