@@ -30,6 +30,8 @@ def _zero_branch_resnet(resnet: nn.Module) -> None:
     nn.init.zeros_(resnet.conv2.bias)
     shortcut = resnet.conv_shortcut
     if shortcut is not None:
+        if tuple(shortcut.kernel_size) != (1, 1):
+            raise ValueError(f"a {tuple(shortcut.kernel_size)} ResNet shortcut: deepening needs diffusers' 1x1 shortcuts")
         out_channels = shortcut.weight.shape[0]
         with torch.no_grad():
             shortcut.weight.zero_()
