@@ -99,5 +99,7 @@ def test_deepened_path_finds_each_trained_layer_in_the_grown_unet(extra):
                 assert torch.equal(value, other), (name, key)
             checked += 1
     assert checked == 9  # down: 2 resnets + 1 attention; up: 4 resnets + 2 attentions
-    assert deepened_path("up_blocks.1.attentions.1.proj_in.lora.up.weight", extra) == f"up_blocks.1.attentions.{1 + extra}.proj_in.lora.up.weight"
-    assert deepened_path("down_blocks.0.attentions.0.proj_in.weight", extra) == "down_blocks.0.attentions.0.proj_in.weight"
+    moved = deepened_path("up_blocks.1.attentions.1.proj_in.lora.up.weight", extra)
+    assert moved == f"up_blocks.1.attentions.{1 + extra}.proj_in.lora.up.weight"
+    kept = "down_blocks.0.attentions.0.proj_in.weight"
+    assert deepened_path(kept, extra) == kept

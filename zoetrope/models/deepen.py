@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from zoetrope.models.motion_module import MotionModules
+
 
 def _zero_branch_resnet(resnet: nn.Module) -> None:
     """Turn a fresh diffusers `ResnetBlock2D` into an identity on its features (its skip input, if any, dropped)."""
@@ -31,7 +33,8 @@ def _zero_branch_resnet(resnet: nn.Module) -> None:
     shortcut = resnet.conv_shortcut
     if shortcut is not None:
         if tuple(shortcut.kernel_size) != (1, 1):
-            raise ValueError(f"a {tuple(shortcut.kernel_size)} ResNet shortcut: deepening needs diffusers' 1x1 shortcuts")
+            kernel = tuple(shortcut.kernel_size)
+            raise ValueError(f"a {kernel} ResNet shortcut: deepening needs diffusers' 1x1 shortcuts")
         out_channels = shortcut.weight.shape[0]
         with torch.no_grad():
             shortcut.weight.zero_()
@@ -124,11 +127,14 @@ def deepen_unet(unet: nn.Module, extra: int = 1) -> nn.Module:
     for key in new_state:
         old = _old_key(key, mapping)
         if old is not None:
-            if old_state[old].shape != new_state[key].shape:
-                raise RuntimeError(f"deepen_unet: {key} <- {old} has shape {tuple(old_state[old].shape)}, expected {tuple(new_state[key].shape)}")
+            if old_state[old].shape != new_state[key].shape:  # an invariant of the layout above, not user input
+                raise RuntimeError(
+                    f"deepen_unet: {key} <- {old} has shape {tuple(old_state[old].shape)}, "
+                    f"expected {tuple(new_state[key].shape)}"
+                )
             new_state[key] = old_state[old]
     grown.load_state_dict(new_state)
-    for b, block in enumerate(grown.down_blocks):
+    for block in grown.down_blocks:
         for i in range(layers, layers + extra):
             _zero_branch_resnet(block.resnets[i])
             if getattr(block, "attentions", None):
@@ -141,15 +147,13 @@ def deepen_unet(unet: nn.Module, extra: int = 1) -> nn.Module:
     return grown
 
 
-def deepen_motion_modules(modules: nn.Module, extra: int = 1) -> nn.Module:
+def deepen_motion_modules(modules: MotionModules, extra: int = 1) -> MotionModules:
     """Motion modules for a UNet deepened by `deepen_unet(unet, extra)`, computing the same video function.
 
     One motion module follows each UNet layer, so a grown UNet has `extra` more per block. The trained modules keep
     the layers they followed (down block: the first L; up block: the first, then the last L), and the new ones are
     the config's zero-initialised modules (output projection zero: an identity, as a fresh AnimateDiff module is).
     """
-    from zoetrope.models.motion_module import MotionModules
-
     if extra < 1:
         raise ValueError(f"extra={extra}: deepening adds at least one layer per block")
     config = modules.config

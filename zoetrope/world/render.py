@@ -110,7 +110,8 @@ EQUAL_AREA_SCALE: dict[str, float] = {
     "triangle": math.sqrt(math.pi / (3.0 * math.sqrt(3.0) / 4.0)),  # equilateral: (3 sqrt 3 / 4) r^2
     "star": math.sqrt(math.pi / (5.0 * STAR_INNER_RATIO * math.sin(math.pi / 5.0))),  # 5 kites: 5 R r sin 36 deg
 }
-"""Circumradius multiplier that gives each shape the area of the circle of the drawn radius (`WorldConfig.equal_area`)."""
+"""Circumradius multiplier that gives each shape the area of the circle of the drawn radius
+(`WorldConfig.equal_area`)."""
 
 _WATERMARK_BAND = ((215.0, 215.0, 215.0), 0.4)
 _WATERMARK_TEXT = ((60.0, 60.0, 60.0), 0.6)
