@@ -100,7 +100,10 @@ def test_clip_condition_places_keyframes(training_files) -> None:
     clip = torch.rand(FRAMES, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
     condition, mask = clip_condition(clip, [1, 3], "sketch")
     assert condition.shape == (1, 3, FRAMES, SIZE, SIZE) and mask.shape == (1, 1, FRAMES, SIZE, SIZE)
-    assert torch.equal(condition[0, :, 1], edge_map(clip[1:2])[0]) and condition[0, :, [0, 2]].abs().sum() == 0
+    # The edge map of frame 1 alone, up to float rounding (a 2-frame conv may take another kernel path than a 1-frame
+    # one: this session's machine differed by 2e-7); frames without a keyframe stay exactly zero.
+    torch.testing.assert_close(condition[0, :, 1], edge_map(clip[1:2])[0], rtol=0, atol=1e-5)
+    assert condition[0, :, [0, 2]].abs().sum() == 0
     assert mask[0, 0, :, 0, 0].tolist() == [0, 1, 0, 1]
     vae = make_tiny_image_model().vae
     latents, mask = clip_condition(clip, [], "rgb", vae)
