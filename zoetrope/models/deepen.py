@@ -48,13 +48,9 @@ def _zero_branch_transformer(transformer: nn.Module) -> None:
     nn.init.zeros_(transformer.proj_out.bias)
 
 
-def _old_up_index(new_index: int, extra: int) -> int | None:
-    """Which old up-block layer sits at `new_index` of the grown block (None: a new identity layer)."""
-    if new_index == 0:
-        return 0
-    if new_index <= extra:
-        return None
-    return new_index - extra
+def _new_up_index(old_index: int, extra: int) -> int:
+    """Where an up-block layer of the trained UNet sits in the grown block: the first stays, the rest move on."""
+    return old_index if old_index == 0 else old_index + extra
 
 
 def deepened_path(path: str, extra: int = 1) -> str:
@@ -65,40 +61,8 @@ def deepened_path(path: str, extra: int = 1) -> str:
     """
     parts = path.split(".")
     if len(parts) >= 4 and parts[0] == "up_blocks" and parts[2] in ("resnets", "attentions") and parts[3].isdigit():
-        index = int(parts[3])
-        if index > 0:
-            parts[3] = str(index + extra)
+        parts[3] = str(_new_up_index(int(parts[3]), extra))
     return ".".join(parts)
-
-
-def _layer_map(unet: nn.Module, extra: int) -> dict[str, str]:
-    """New module path prefix -> old prefix for every layer the grown UNet keeps; paths not listed are new."""
-    layers = unet.config.layers_per_block
-    mapping: dict[str, str] = {}
-    for b, _ in enumerate(unet.down_blocks):
-        for i in range(layers):
-            for part in ("resnets", "attentions"):
-                mapping[f"down_blocks.{b}.{part}.{i}."] = f"down_blocks.{b}.{part}.{i}."
-    for b, _ in enumerate(unet.up_blocks):
-        for new in range(layers + 1 + extra):
-            old = _old_up_index(new, extra)
-            if old is not None:
-                for part in ("resnets", "attentions"):
-                    mapping[f"up_blocks.{b}.{part}.{new}."] = f"up_blocks.{b}.{part}.{old}."
-    return mapping
-
-
-def _old_key(key: str, mapping: dict[str, str]) -> str | None:
-    """The trained model's key for a grown model's key, or None for a parameter of a new layer."""
-    if not key.startswith(("down_blocks.", "up_blocks.")):
-        return key
-    parts = key.split(".")
-    if len(parts) < 5 or parts[2] not in ("resnets", "attentions"):
-        return key  # downsamplers / upsamplers
-    prefix = ".".join(parts[:4]) + "."
-    if prefix not in mapping:
-        return None
-    return mapping[prefix] + ".".join(parts[4:])
 
 
 def deepen_unet(unet: nn.Module, extra: int = 1) -> nn.Module:
@@ -121,18 +85,14 @@ def deepen_unet(unet: nn.Module, extra: int = 1) -> nn.Module:
     dtype = next(unet.parameters()).dtype
     if dtype != grown.dtype:
         grown = grown.to(dtype)
-    mapping = _layer_map(unet, extra)
-    old_state = unet.state_dict()
     new_state = grown.state_dict()
-    for key in new_state:
-        old = _old_key(key, mapping)
-        if old is not None:
-            if old_state[old].shape != new_state[key].shape:  # an invariant of the layout above, not user input
-                raise RuntimeError(
-                    f"deepen_unet: {key} <- {old} has shape {tuple(old_state[old].shape)}, "
-                    f"expected {tuple(new_state[key].shape)}"
-                )
-            new_state[key] = old_state[old]
+    for old, value in unet.state_dict().items():  # every trained weight moves; the new layers keep their init
+        key = deepened_path(old, extra)
+        if new_state[key].shape != value.shape:  # an invariant of the layout above, not user input
+            raise RuntimeError(
+                f"deepen_unet: {key} <- {old} has shape {tuple(value.shape)}, expected {tuple(new_state[key].shape)}"
+            )
+        new_state[key] = value
     grown.load_state_dict(new_state)
     for block in grown.down_blocks:
         for i in range(layers, layers + extra):
@@ -165,10 +125,9 @@ def deepen_motion_modules(modules: MotionModules, extra: int = 1) -> MotionModul
         for i in range(layers):
             new_block.motion_modules[i].load_state_dict(old_block.motion_modules[i].state_dict())
     for old_block, new_block in zip(modules.up_blocks, grown.up_blocks, strict=True):
-        for new in range(layers + 1 + extra):
-            old = _old_up_index(new, extra)
-            if old is not None:
-                new_block.motion_modules[new].load_state_dict(old_block.motion_modules[old].state_dict())
+        for old in range(layers + 1):
+            trained = old_block.motion_modules[old].state_dict()
+            new_block.motion_modules[_new_up_index(old, extra)].load_state_dict(trained)
     if modules.mid_block is not None:
         grown.mid_block.load_state_dict(modules.mid_block.state_dict())
     return grown
