@@ -183,6 +183,15 @@ class TrainConfig:
     real datasets vary in detail). Off by default; it draws nothing from the run's generator when off, so older
     runs resume exactly.
 
+    `contrast_words` / `contrast_weight` / `contrast_temperature` (diffusion stages): the caption contrast of
+    `zoetrope.training.contrast`. Each sample whose caption holds a word of one of the `contrast_words` groups (e.g.
+    `[[circle, square, triangle, star]]`) is also denoised under a caption with that word swapped for another of its
+    group, and `contrast_weight` times a smooth hinge on the gap between the two errors (in units of
+    `contrast_temperature` times the sample's own error) is added to the loss. Why: the squared error barely feels
+    a word that changes few pixels (a small object's outline), so the model learns to ignore it; the contrast makes
+    the right caption fit better than the wrong one. 0 = off; it draws nothing from the run's generator, so a run
+    with it sees the same batches and noise as the run without it.
+
     `snr_gamma`: Min-SNR-gamma loss weighting (Hang et al. 2023, arXiv 2303.09556; diffusers' `--snr_gamma`, 5 is
     the paper's value): each sample's epsilon loss is weighted by min(SNR(t), gamma) / SNR(t), so the nearly clean
     timesteps, whose gradients fight the coarse-structure timesteps, stop dominating. Unset = plain MSE (SD).
@@ -253,6 +262,9 @@ class TrainConfig:
     calibrate_scaling_factor: bool = False
     vae_train: Literal["all", "decoder"] = "all"
     vae_anchor_weight: float = 0.0
+    contrast_words: list[list[str]] = field(default_factory=list)
+    contrast_weight: float = 0.0
+    contrast_temperature: float = 0.02
     snr_gamma: Optional[float] = None
     timestep_sampling: Literal["uniform", "logit_normal"] = "uniform"
     timestep_mean: float = 0.0
@@ -299,6 +311,25 @@ class TrainConfig:
                     "the phrase itself (e.g. ' on an? \\w+ background', not '( on an? \\w+ background)?')"
                 )
 
+    def _check_contrast(self) -> None:
+        """The caption contrast needs a diffusion stage, a weight >= 0 and groups of two or more distinct words."""
+        if self.contrast_weight < 0 or self.contrast_temperature <= 0:
+            raise ConfigError(
+                f"contrast_weight={self.contrast_weight}, contrast_temperature={self.contrast_temperature}; expected a "
+                "weight >= 0 (0 = off) and a temperature > 0 (0.02: a margin of ~2 % of the sample's own error)"
+            )
+        for group in self.contrast_words:
+            words = {str(word).lower() for word in group} if isinstance(group, (list, tuple)) else set()
+            if len(words) < 2 or not all(isinstance(word, str) and word.strip() for word in group):
+                raise ConfigError(
+                    f"contrast_words group {group!r}: expected a list of two or more distinct words that can replace "
+                    "each other in a caption, e.g. [circle, square, triangle, star]"
+                )
+        if self.contrast_weight > 0 and not self.contrast_words:
+            raise ConfigError("contrast_weight > 0 needs contrast_words: the groups of words to swap, e.g. [[circle, square]]")
+        if self.contrast_weight > 0 and self.stage == "vae":
+            raise ConfigError("contrast_weight applies to the diffusion stages (captions); the vae stage has none")
+
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "grad_accumulation", "log_every", "vae_chunk_size", "validation_frames", "validation_steps")
         for name in positive:
@@ -310,6 +341,7 @@ class TrainConfig:
         if not 0.0 <= self.caption_dropout <= 1.0:
             raise ConfigError(f"caption_dropout={self.caption_dropout}; expected a probability in [0, 1]")
         self._check_caption_phrase()
+        self._check_contrast()
         if self.snr_gamma is not None and not self.snr_gamma > 0:
             raise ConfigError(f"snr_gamma={self.snr_gamma}; expected a positive number (5 is usual) or no value (off)")
         if self.vae_train != "all" and self.stage != "vae":

@@ -49,6 +49,7 @@ from zoetrope.training.checkpoint import (
     write_checkpoint,
 )
 from zoetrope.training.config import TrainConfig, load_train_config
+from zoetrope.training.contrast import contrast_loss, negative_caption, negative_key
 from zoetrope.training.stages import (
     Stage,
     StageModel,
@@ -543,9 +544,22 @@ class Trainer:
         ids = tokenize(self.model.image_model.tokenizer, captions, int(encoder.config.max_position_embeddings))
         return {
             "latents": latents_all, "noise": noise_all, "timesteps": torch.cat(timesteps).to(self.device),
-            "input_ids": ids.to(self.device),
+            "input_ids": ids.to(self.device), "captions": captions,
             "conditions": {name: torch.cat(values).to(self.device) for name, values in conditions.items()},
         }
+
+    def _negatives(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Indices of the samples that get a negative caption, and its token ids (`config.contrast_words`)."""
+        found = [
+            (index, negative_caption(text, self.config.contrast_words, negative_key(self.step, index, text)))
+            for index, text in enumerate(captions)
+        ]
+        found = [(index, text) for index, text in found if text is not None]
+        if not found:
+            return None
+        encoder = self.model.image_model.text_encoder
+        ids = tokenize(self.model.image_model.tokenizer, [text for _, text in found], int(encoder.config.max_position_embeddings))
+        return torch.tensor([index for index, _ in found], device=self.device), ids.to(self.device)
 
     def micro_loss(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """The stage's loss on one micro-batch (float32 scalar, graph attached)."""
@@ -570,17 +584,30 @@ class Trainer:
             return loss
         inputs = self.diffusion_inputs(batch)
         noisy = self.noise_scheduler.add_noise(inputs["latents"], inputs["noise"], inputs["timesteps"])
+        timesteps, ids, conditions = inputs["timesteps"], inputs["input_ids"], inputs["conditions"]
+        negatives = self._negatives(inputs["captions"]) if self.config.contrast_weight > 0 else None
+        if negatives is not None:  # one forward pass: the negatives ride along as extra samples (DDP-safe)
+            index, negative_ids = negatives
+            noisy, timesteps = torch.cat([noisy, noisy[index]]), torch.cat([timesteps, timesteps[index]])
+            ids = torch.cat([ids, negative_ids])
+            conditions = {name: torch.cat([value, value[index]]) for name, value in conditions.items()}
         with self.autocast():
-            prediction = self.network(noisy, inputs["timesteps"], inputs["input_ids"], **inputs["conditions"])
+            prediction = self.network(noisy, timesteps, ids, **conditions).float()
+        count = inputs["latents"].shape[0]
+        prediction, negative_prediction = prediction[:count], prediction[count:]
         target = inputs["noise"]
         velocity = self.noise_scheduler.config.prediction_type == "v_prediction"
         if velocity:  # v = sqrt(ab) eps - sqrt(1 - ab) x0 (Salimans & Ho 2022)
             target = self.noise_scheduler.get_velocity(inputs["latents"], inputs["noise"], inputs["timesteps"])
+        target = target.float()
         weights = loss_weights(self.config, self.noise_scheduler.alphas_cumprod, inputs["timesteps"], velocity)
-        if weights is None:
-            return F.mse_loss(prediction.float(), target.float())
-        per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none")
-        return (per_sample.flatten(1).mean(dim=1) * weights).mean()
+        per_sample = F.mse_loss(prediction, target, reduction="none").flatten(1).mean(dim=1)
+        loss = per_sample.mean() if weights is None else (per_sample * weights).mean()
+        if negatives is not None:
+            negative_error = F.mse_loss(negative_prediction, target[index], reduction="none").flatten(1).mean(dim=1)
+            hinge = contrast_loss(per_sample[index], negative_error, self.config.contrast_temperature)
+            loss = loss + self.config.contrast_weight * hinge.sum() / count
+        return loss
 
     def accumulate(self, micro_batches: Sequence[Mapping[str, Any]]) -> float:
         """Forward/backward over the micro-batches of one optimizer step; gradients end up as for one big batch.
