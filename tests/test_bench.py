@@ -341,3 +341,18 @@ def test_camera_direction_probe_finds_the_pan_loras_direction_and_none_without_i
     with_lora = bench.direction_losses(panning, "pan left", clips=2, timesteps=[500])[500]
     assert with_lora["preference"] > 0.3 and abs(without["preference"]) < 0.15
     assert with_lora["true"] > 0 and without["true"] > 0
+
+
+def test_word_classifier_probe_reads_colours_from_the_bundled_models_loss() -> None:
+    """The bundled base's loss tells colours apart (measured 99 % of 96 stills, the right word ~10 % lower at mid
+    noise); the confusion holds every still once."""
+    from zoetrope.world.bundled import bundled_paths
+
+    probe = load_bench("probe_word_classifier")
+    result = probe.classify(str(bundled_paths()[0]), "colour", count=12, timesteps=6)
+    assert result["accuracy"] >= 0.9
+    assert sum(sum(row.values()) for row in result["confusion"].values()) == 12
+    middle = result["margin_per_timestep"][1:4]
+    assert min(middle) > 0.02, result["margin_per_timestep"]
+    assert probe.word_caption({"shape": "star", "colour": "red", "background": "grey"}, "shape", "square") == (
+        "a red square on a grey background")
