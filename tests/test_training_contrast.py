@@ -81,10 +81,11 @@ def image_trainer(training_files, tmp_path, **changes) -> Trainer:
     return Trainer(load_train_config(merge_config_values(values, changes)), dataset=ShapeStills())
 
 
-def test_engine_loss_is_the_denoising_loss_plus_the_hinge_and_draws_are_unchanged(training_files, tmp_path) -> None:
+@pytest.mark.parametrize("snr_gamma", [None, 5.0])
+def test_engine_loss_is_the_denoising_loss_plus_the_hinge_and_draws_are_unchanged(training_files, tmp_path, snr_gamma) -> None:
     contrast = {"contrast_weight": 0.5, "contrast_words": [SHAPES], "contrast_temperature": 0.05}
-    with_it = image_trainer(training_files, tmp_path / "a", **contrast)
-    without = image_trainer(training_files, tmp_path / "b")
+    with_it = image_trainer(training_files, tmp_path / "a", snr_gamma=snr_gamma, **contrast)
+    without = image_trainer(training_files, tmp_path / "b", snr_gamma=snr_gamma)
     batch = collate([with_it.dataset[index] for index in range(4)])
     state = with_it.generator.get_state()
     inputs = with_it.diffusion_inputs(batch)
@@ -106,9 +107,13 @@ def test_engine_loss_is_the_denoising_loss_plus_the_hinge_and_draws_are_unchange
         assert torch.equal(negative_ids[:1], tokenize(with_it.model.image_model.tokenizer, [decoded[0]], int(encoder.config.max_position_embeddings)))
         negative = ((with_it.network(noisy[index], inputs["timesteps"][index], negative_ids) - target[index]) ** 2).flatten(1).mean(1)
     assert len(index) == 4  # every caption holds a shape word
-    assert plain.item() == pytest.approx(own.mean().item(), rel=1e-5)
-    hinge = contrast_loss(own[index], negative, 0.05).sum() / 4
-    assert loss.item() == pytest.approx(own.mean().item() + 0.5 * hinge.item(), rel=1e-5)
+    weights = torch.ones(4)
+    if snr_gamma is not None:  # Min-SNR weights the denoising loss and the hinge alike
+        alpha_bar = with_it.noise_scheduler.alphas_cumprod[inputs["timesteps"]]
+        weights = (alpha_bar / (1 - alpha_bar)).clamp(max=snr_gamma) / (alpha_bar / (1 - alpha_bar))
+    assert plain.item() == pytest.approx((own * weights).mean().item(), rel=1e-5)
+    hinge = (contrast_loss(own[index], negative, 0.05) * weights[index]).sum() / 4
+    assert loss.item() == pytest.approx((own * weights).mean().item() + 0.5 * hinge.item(), rel=1e-5)
     assert hinge.item() > 0
 
 

@@ -606,6 +606,8 @@ class Trainer:
         if negatives is not None:
             negative_error = F.mse_loss(negative_prediction, target[index], reduction="none").flatten(1).mean(dim=1)
             hinge = contrast_loss(per_sample[index], negative_error, self.config.contrast_temperature)
+            if weights is not None:  # the same timestep weighting as the denoising loss (see contrast module)
+                hinge = hinge * weights[index]
             loss = loss + self.config.contrast_weight * hinge.sum() / count
         return loss
 
