@@ -7,7 +7,7 @@ stills, encode them to the VAE's posterior mean, noise each at a ladder of times
 compute the model's training loss under the still's caption with each candidate word of one attribute (every shape,
 or every colour), the rest of the caption unchanged. The word with the lowest summed loss is the model's reading.
 Its accuracy says whether the conditional model *knows* the attribute, apart from whether the sampler draws it:
-on the bundled base, colours read 99 % (the right word lowers the loss ~10 %) and shapes about half (under 1 %),
+on the bundled base, colours read 97 % (the right word lowers the loss ~10 %) and shapes about half (under 1 %),
 while generated stills read 91 % and 33 % (`bench/eval_image_model.py`). Seconds to a minute on a CPU, against
 eight minutes for 288 generated stills, so it can follow a training run from checkpoint to checkpoint.
 """

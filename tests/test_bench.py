@@ -344,7 +344,7 @@ def test_camera_direction_probe_finds_the_pan_loras_direction_and_none_without_i
 
 
 def test_word_classifier_probe_reads_colours_from_the_bundled_models_loss() -> None:
-    """The bundled base's loss tells colours apart (measured 99 % of 96 stills, the right word ~10 % lower at mid
+    """The bundled base's loss tells colours apart (measured 96.9 % of 96 stills, the right word ~10 % lower at mid
     noise); the confusion holds every still once."""
     from zoetrope.world.bundled import bundled_paths
 
