@@ -142,3 +142,12 @@ def training_files(tmp_path_factory) -> dict[str, str]:
     save_sd_single_file(model.unet, model.vae, model.text_encoder, folder / "base.safetensors")
     save_motion_module(make_tiny_motion_modules(), folder / "motion.safetensors")
     return {"base": str(folder / "base.safetensors"), "motion": str(folder / "motion.safetensors")}
+
+
+def drawn_inputs(trainer, batch) -> dict:
+    """The diffusion inputs (latents, noise, timesteps, ids) that the trainer's next `micro_loss(batch)` will draw:
+    drawn here, then the generator is rewound, so a test can recompute that loss by hand."""
+    state = trainer.generator.get_state()
+    inputs = trainer.diffusion_inputs(batch)
+    trainer.generator.set_state(state)
+    return inputs

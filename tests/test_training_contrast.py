@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from conftest import merge_config_values
+from conftest import drawn_inputs, merge_config_values
 from zoetrope.errors import ConfigError
 from zoetrope.training.config import load_train_config
 from zoetrope.training.contrast import contrast_loss, negative_caption
@@ -87,9 +87,7 @@ def test_engine_loss_is_the_denoising_loss_plus_the_hinge_and_draws_are_unchange
     with_it = image_trainer(training_files, tmp_path / "a", snr_gamma=snr_gamma, **contrast)
     without = image_trainer(training_files, tmp_path / "b", snr_gamma=snr_gamma)
     batch = collate([with_it.dataset[index] for index in range(4)])
-    state = with_it.generator.get_state()
-    inputs = with_it.diffusion_inputs(batch)
-    with_it.generator.set_state(state)
+    inputs = drawn_inputs(with_it, batch)
     with torch.no_grad():
         loss = with_it.micro_loss(batch)
         plain = without.micro_loss(batch)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from conftest import TINY_UNET, all_tensors, merge_config_values
+from conftest import TINY_UNET, all_tensors, drawn_inputs, merge_config_values
 from zoetrope.errors import CheckpointError, ConfigError
 from zoetrope.formats.motion import load_motion_module
 from zoetrope.formats.safe_load import load_state_dict
@@ -667,9 +667,7 @@ def weighted_loss_and_its_parts(training_files, tmp_path, **overrides) -> tuple[
     config = make_config(training_files, tmp_path, "image", batch_size=3, **overrides)
     trainer = Trainer(config, dataset=TensorClips(image=True))
     batch = collate([trainer.dataset[index] for index in range(3)])
-    state = trainer.generator.get_state()
-    inputs = trainer.diffusion_inputs(batch)
-    trainer.generator.set_state(state)
+    inputs = drawn_inputs(trainer, batch)
     with torch.no_grad():
         loss = trainer.micro_loss(batch)
         noisy = trainer.noise_scheduler.add_noise(inputs["latents"], inputs["noise"], inputs["timesteps"])
