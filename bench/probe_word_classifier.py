@@ -55,6 +55,7 @@ def classify(
     words = ATTRIBUTES[attribute]
     model = load_image_model(model_path)
     scheduler = make_noise_scheduler(get_stage("image").noise_schedule(model.parameterization))
+    velocity = model.parameterization.prediction_type == "v_prediction"
     ladder = torch.linspace(20, scheduler.config.num_train_timesteps - 20, timesteps).round().long()
     fields, pixels = true_stills(count, seed)
     hits, per_step = 0, np.zeros(timesteps)
@@ -66,7 +67,6 @@ def classify(
             latents = latents.expand(timesteps, -1, -1, -1)
             noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed + index))
             noisy = scheduler.add_noise(latents, noise, ladder)
-            velocity = model.parameterization.prediction_type == "v_prediction"
             target = scheduler.get_velocity(latents, noise, ladder) if velocity else noise
             texts = encode_prompts(model.tokenizer, model.text_encoder, [word_caption(still, attribute, w) for w in words])
             losses = torch.stack([

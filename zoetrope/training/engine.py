@@ -540,8 +540,7 @@ class Trainer:
         latents_all, noise_all = torch.cat(latents), torch.cat(noise)
         if self.stage.data_mode == "image":
             latents_all, noise_all = latents_all[:, :, 0], noise_all[:, :, 0]
-        encoder = self.model.image_model.text_encoder
-        ids = tokenize(self.model.image_model.tokenizer, captions, int(encoder.config.max_position_embeddings))
+        ids = self._token_ids(captions)
         return {
             "latents": latents_all, "noise": noise_all, "timesteps": torch.cat(timesteps).to(self.device),
             "input_ids": ids.to(self.device), "captions": captions,
@@ -557,9 +556,13 @@ class Trainer:
         found = [(index, text) for index, text in found if text is not None]
         if not found:
             return None
-        encoder = self.model.image_model.text_encoder
-        ids = tokenize(self.model.image_model.tokenizer, [text for _, text in found], int(encoder.config.max_position_embeddings))
+        ids = self._token_ids([text for _, text in found])
         return torch.tensor([index for index, _ in found], device=self.device), ids.to(self.device)
+
+    def _token_ids(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids of `texts` for the image model's text encoder (its full context, as SD1.5 trains)."""
+        encoder = self.model.image_model.text_encoder
+        return tokenize(self.model.image_model.tokenizer, texts, int(encoder.config.max_position_embeddings))
 
     def micro_loss(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """The stage's loss on one micro-batch (float32 scalar, graph attached)."""
