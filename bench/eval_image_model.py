@@ -1,6 +1,6 @@
 """How well does a shapes-world *image* model follow its prompt, before any motion? (issue 3 diagnosis)
 
-    python bench/eval_image_model.py --model runs/world/image/model.safetensors [--json out.json]
+    python bench/eval_image_model.py --model runs/world/image/model.safetensors [--json out.json] [--trajectory]
 
 The fidelity targets of issue 3 (colour and shape >= 90 %) are measured on clips from image model + motion module,
 but a clip can only be as faithful as the stills its frozen image model draws. This scores the image model alone
@@ -10,6 +10,9 @@ only the direction word changes ("moving left" -> "moving right", same seed): ne
 direction, and no motion module can then make the direction follow the prompt (the motion module has no text
 input of its own). Frames are independent stills (motion strength 0), so the bundled motion module only shapes
 the pipeline; it does not act.
+
+`--trajectory` asks *when* instead: the sampler's clean estimate at every step is decoded and read back, so the
+table shows at which timestep each still's shape and colour are decided (`trajectory`).
 
 It also prints where and how large the object is drawn for each motion word (mean centroid and area of those
 stills). The image data's stills are first frames, so the words carry a real cue: a clip moving left starts in the
@@ -24,12 +27,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from zoetrope.errors import CheckpointError
+from zoetrope.errors import CheckpointError, InputError
 from zoetrope.formats.motion import save_motion_module
 from zoetrope.media import frames_to_uint8
 from zoetrope.models.motion_module import MotionModules
-from zoetrope.pipelines.components import load_image_model
+from zoetrope.pipelines.components import decode_latents, load_image_model
 from zoetrope.pipelines.load import load_pipeline
 from zoetrope.pipelines.text_to_video import default_guidance_rescale, generate
 from zoetrope.training.stages import motion_config_for
@@ -52,16 +56,75 @@ def prompt_grid(count: int) -> list[tuple[str, str, str]]:
 
 def stills(
     pipeline, prompts: list[str], seeds: int, steps: int, guidance: float, rescale: float | None = None,
-    scheduler: str = "ddim",
+    scheduler: str = "ddim", callback=None,
 ) -> np.ndarray:
     """Stills as float 8-bit levels (len(prompts), seeds, h, w, 3): one generation per prompt, `seeds` frames each
-    (independent noise per frame, motion off)."""
+    (independent noise per frame, motion off). `callback` goes to `generate` (per step)."""
     result = generate(
         pipeline, prompts, num_frames=seeds, width=SIZE, height=SIZE, steps=steps, guidance_scale=guidance,
         guidance_rescale=rescale, seed=list(range(len(prompts))), motion_strength=0.0, progress=False,
-        scheduler=scheduler,
+        scheduler=scheduler, callback=callback,
     )
     return np.stack([frames_to_uint8(video) for video in result.frames]).astype(np.float64)
+
+
+def readback(grid: list[tuple[str, str, str]], images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(shape right, colour right) per still, each (len(grid), n) bool, of stills `images` (len(grid), n, h, w, 3)."""
+    shape = np.array([[classify_shape(frame[None]) == s for frame in frames] for (_, s, _), frames in zip(grid, images)])
+    colour = np.array([[classify_colour(frame[None]) == c for frame in frames] for (c, _, _), frames in zip(grid, images)])
+    return shape, colour
+
+
+def trajectory(
+    pipeline, grid: list[tuple[str, str, str]], seeds: int, steps: int, guidance: float, rescale: float,
+    scheduler: str = "ddim",
+) -> dict:
+    """Where along the sampler each still's shape and colour are decided.
+
+    Every step's clean estimate (the sampler's x0 prediction, `generate`'s `denoised` preview) is decoded and read
+    back like a finished still. Per step: the share of estimates in the asked shape / colour, and the share whose
+    reading already equals the finished still's. Per still, the step from which its shape reading no longer
+    changes ("decided"); the median timestep of that over the stills says at which noise level the outline is
+    chosen (the twenty-ninth session: t ~ 800-600 on the world's models, four of DDIM's twenty steps), so that
+    training and sampling changes can be aimed there and checked."""
+    texts = [f"a {colour} {shape} on a {background} background" for colour, shape, background in grid]
+    estimates: list[torch.Tensor] = []
+    timesteps: list[int] = []
+
+    def preview(step: int, t: int, latents: torch.Tensor, denoised: torch.Tensor | None) -> None:
+        if denoised is None:
+            raise InputError(f"--trajectory reads the sampler's clean estimate; scheduler {scheduler!r} reports none "
+                             "(use ddim, euler or euler_a)")
+        estimates.append(denoised.float().cpu())
+        timesteps.append(int(t))
+
+    finished = stills(pipeline, texts, seeds, steps, guidance, rescale, scheduler, callback=preview)
+    final_shapes = np.array([[classify_shape(frame[None]) for frame in frames] for frames in finished])
+    shape_right, colour_right, agreement, readings = [], [], [], []
+    for estimate in estimates:
+        frames = decode_latents(pipeline.image_model.vae, estimate.to(pipeline.device, pipeline.dtype))
+        images = np.stack([frames_to_uint8(video) for video in frames]).astype(np.float64)
+        shapes = np.array([[classify_shape(frame[None]) for frame in video] for video in images])
+        shape_ok, colour_ok = readback(grid, images)
+        shape_right.append(float(shape_ok.mean()))
+        colour_right.append(float(colour_ok.mean()))
+        agreement.append(float((shapes == final_shapes).mean()))
+        readings.append(shapes)
+    # The first step from which every later estimate reads the finished shape (the last estimate is the finished
+    # latents up to the scheduler's final alpha, so nearly every still is decided by the last step).
+    stable = np.ones_like(final_shapes, dtype=bool)
+    decided = np.full(final_shapes.shape, len(readings) - 1)
+    for index in range(len(readings) - 1, -1, -1):
+        stable &= readings[index] == final_shapes
+        decided = np.where(stable, index, decided)
+    decided_t = np.asarray(timesteps)[decided]
+    return {
+        "timesteps": timesteps,
+        "shape_accuracy": shape_right,
+        "colour_accuracy": colour_right,
+        "shape_agrees_with_final": agreement,
+        "shape_decided_t": {q: float(np.percentile(decided_t, p)) for q, p in (("q25", 25), ("median", 50), ("q75", 75))},
+    }
 
 
 def object_placement(pictures: np.ndarray) -> dict[str, float]:
@@ -175,7 +238,27 @@ def main() -> None:
     parser.add_argument("--vae", default=None, help="decode with this `vae` stage export instead of the model's VAE")
     parser.add_argument("--scheduler", default="ddim", help="sampler (zoetrope generate --scheduler names)")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument(
+        "--trajectory", action="store_true",
+        help="instead: read every step's clean estimate back, to see at which timestep shapes and colours are decided",
+    )
     args = parser.parse_args()
+    if args.trajectory:
+        pipeline = stills_pipeline(args.model, args.vae)
+        rescale = default_guidance_rescale(pipeline) if args.guidance_rescale is None else args.guidance_rescale
+        path = trajectory(pipeline, prompt_grid(args.prompts), args.seeds, args.steps, args.guidance, rescale, args.scheduler)
+        print(f"{args.model}: {args.prompts * args.seeds} stills, the clean estimate at every step read back")
+        print(f"  {'step':>4} {'t':>5} {'shape right':>12} {'colour right':>13} {'shape = finished':>17}")
+        for step, t in enumerate(path["timesteps"]):
+            print(f"  {step:4d} {t:5d} {100 * path['shape_accuracy'][step]:10.1f} % {100 * path['colour_accuracy'][step]:11.1f} % "
+                  f"{100 * path['shape_agrees_with_final'][step]:15.1f} %")
+        quartiles = path["shape_decided_t"]
+        print(f"  shape decided (its reading unchanged from then on) at t = {quartiles['median']:.0f} "
+              f"(quartiles {quartiles['q75']:.0f} .. {quartiles['q25']:.0f})")
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as handle:
+                json.dump({"model": args.model, "stills": args.prompts * args.seeds, **path}, handle, indent=2)
+        return
     results = evaluate(
         args.model, args.prompts, args.seeds, args.steps, args.guidance, args.guidance_rescale, args.vae, args.scheduler
     )

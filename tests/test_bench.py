@@ -356,3 +356,26 @@ def test_word_classifier_probe_reads_colours_from_the_bundled_models_loss() -> N
     assert min(middle) > 0.02, result["margin_per_timestep"]
     assert probe.word_caption({"shape": "star", "colour": "red", "background": "grey"}, "shape", "square") == (
         "a red square on a grey background")
+
+
+def test_image_bench_trajectory_reads_every_step_and_ends_on_the_finished_stills() -> None:
+    """On the bundled base: one reading per sampler step at falling timesteps; the last step's estimate is the
+    finished still up to the scheduler's last alpha (its shape reading agrees), the colour is mostly right by then and already decided long
+    before the end; a sampler without a clean estimate is refused by name."""
+    import pytest
+
+    from zoetrope.errors import InputError
+    from zoetrope.world.bundled import bundled_paths
+
+    bench = load_bench("eval_image_model")
+    pipeline = bench.stills_pipeline(str(bundled_paths()[0]))
+    grid = bench.prompt_grid(6)
+    path = bench.trajectory(pipeline, grid, 2, 6, 7.5, 0.7)
+    assert len(path["timesteps"]) == 6 and path["timesteps"] == sorted(path["timesteps"], reverse=True)
+    agreement = path["shape_agrees_with_final"]
+    assert agreement[-1] >= 0.8 and agreement[-1] > agreement[0]
+    assert path["colour_accuracy"][-1] >= 0.8 and path["colour_accuracy"][0] < path["colour_accuracy"][-1]
+    quartiles = path["shape_decided_t"]
+    assert path["timesteps"][-1] <= quartiles["q25"] <= quartiles["median"] <= quartiles["q75"] <= path["timesteps"][0]
+    with pytest.raises(InputError, match="reports none"):
+        bench.trajectory(pipeline, grid[:1], 1, 2, 7.5, 0.7, scheduler="dpm++2m-karras")

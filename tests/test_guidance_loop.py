@@ -97,6 +97,44 @@ def test_ddim_with_exact_noise_recovers_x0():
     assert all(isinstance(t, int) for _, t, _ in seen)
 
 
+def test_callback_with_denoised_sees_the_clean_estimate():
+    """With the exact noise every step's clean estimate is x0 itself (DDIM, Euler); a scheduler that reports
+    none gives None; a callback without the keyword is called as before."""
+    torch.manual_seed(1)
+    x0 = torch.randn(1, 4, 2, 4, 4) * 0.5
+    for scheduler in (
+        DDIMScheduler(**SD_BETAS, set_alpha_to_one=True, clip_sample=False), EulerDiscreteScheduler(**SD_BETAS),
+    ):
+        scheduler.set_timesteps(6)
+        estimates, plain = [], []
+        noise = torch.randn(1, 4, 2, 4, 4) * scheduler.init_noise_sigma
+
+        def preview(step, t, latents, denoised):
+            estimates.append((step, denoised))
+
+        denoise(oracle(scheduler, x0), noise, scheduler, progress=False, callback=preview)
+        assert [step for step, _ in estimates] == list(range(6))
+        for _, denoised in estimates:
+            torch.testing.assert_close(denoised, x0, atol=5e-3, rtol=0)  # Euler: t rounds to the table
+        scheduler.set_timesteps(6)
+        denoise(oracle(scheduler, x0), noise, scheduler, progress=False, callback=lambda s, t, x: plain.append(s))
+        assert plain == list(range(6))
+
+    class NoEstimate:  # a scheduler whose step output has no pred_original_sample (as DPM++)
+        timesteps = torch.tensor([999, 499])
+
+        def scale_model_input(self, latents, t):
+            return latents
+
+        def step(self, output, t, latents):
+            return type("Out", (), {"prev_sample": latents * 0.5})()
+
+    seen = []
+    denoise(lambda x, t: x, torch.ones(1, 2), NoEstimate(), progress=False,
+            callback=lambda step, t, x, denoised=0: seen.append(denoised))
+    assert seen == [None, None]
+
+
 def test_scale_model_input_is_applied():
     """Euler keeps latents at sigma scale; the oracle is only right if the loop scales the model input."""
     torch.manual_seed(1)

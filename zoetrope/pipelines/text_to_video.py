@@ -44,7 +44,8 @@ from zoetrope.sampling.prompts import parse_prompt_map, travel_embeddings
 
 logger = logging.getLogger(__name__)
 
-StepCallback = Callable[[int, int, torch.Tensor], None]
+# callback(step, t, latents), or with a `denoised` keyword also the step's clean estimate (`sampling.loop.denoise`)
+StepCallback = Callable[..., None]
 
 
 @dataclass
@@ -400,24 +401,26 @@ def generate(
 ) -> VideoResult:
     """Generate one video per prompt. Returns frames `(b, c, f, h, w)` in [0, 1] and the settings used.
 
-    `prompt` may be a frame-keyed map (`{0: "...", 16: "..."}`) for prompt travel; `context` samples videos
-    longer than the motion module's positional encoding in overlapping windows (`context_mode="unet"`: windows
-    around the whole UNet, memory bounded by the window; `"motion"`: windows inside the motion modules only,
-    FreeNoise-style); `noise` picks a noise prior (default: the official draw, `torch.randn` of the whole video
-    from the seed); `freeinit` re-samples from the low frequencies of the result. `latents` replaces the initial
-    noise (benchmarks feed two pipelines the same); `init_latents` + `strength` < 1 start from an encoded video
-    (video-to-video). `decode=False` skips the VAE. `guidance_rescale` (0 = off; 0.7 for zero-terminal-SNR models,
-    Lin et al. 2024) pulls the guided prediction's per-frame std back towards the conditional one's; left at None it
-    is 0.7 for a model whose checkpoint says zero terminal SNR and 0 otherwise, because such a model over-saturates
-    at SD's usual guidance without it (the world's zero-SNR model: 70 % of stills in the prompted colour at 7.5,
-    88 % with the rescale; docs/world-training.md, twelfth session). `guidance_end` schedules the guidance: the scale
-    is `guidance_scale` at pure noise and moves linearly in the timestep to `guidance_end` at t = 0 (None =
-    constant; `scheduled_guidance`). `dual_prompt` (one per prompt, or one for all) is a second positive prompt that
-    says less than the prompt (e.g. without its motion words): the guided prediction is uncond + guidance * (dual -
-    uncond) + dual_guidance * (cond - dual) (ComfyUI's DualCFGGuider; `dual_cfg`), at 1.5x the model calls;
-    `dual_guidance` None = `guidance_scale`; `guidance_end` moves both scales. `color_match` in (0, 1] (RGB SparseCtrl
-    keyframes only) moves each decoded frame's colours towards the keyframe pictures' (`zoetrope.sampling.colors`),
-    the colour-match step of image-to-video workflows; 0 = off.
+    `prompt` may be a frame-keyed map (`{0: "...", 16: "..."}`) for prompt travel; `context` samples videos longer
+    than the motion module's positional encoding in overlapping windows (`context_mode="unet"`: windows around the
+    whole UNet, memory bounded by the window; `"motion"`: windows inside the motion modules only, FreeNoise-style);
+    `noise` picks a noise prior (default: the official draw, `torch.randn` of the whole video from the seed);
+    `freeinit` re-samples from the low frequencies of the result. `latents` replaces the initial noise (benchmarks
+    feed two pipelines the same); `init_latents` + `strength` < 1 start from an encoded video (video-to-video).
+    `decode=False` skips the VAE. `callback(step, t, latents)` runs after every step; one that takes a `denoised`
+    keyword also gets the step's estimate of the clean latents (a live preview). `guidance_rescale` (0 = off; 0.7
+    for zero-terminal-SNR models, Lin et al. 2024) pulls the guided prediction's per-frame std back towards the
+    conditional one's; left at None it is 0.7 for a model whose checkpoint says zero terminal SNR and 0 otherwise,
+    because such a model over-saturates at SD's usual guidance without it (the world's zero-SNR model: 70 % of
+    stills in the prompted colour at 7.5, 88 % with the rescale; docs/world-training.md, twelfth session).
+    `guidance_end` schedules the guidance: the scale is `guidance_scale` at pure noise and moves linearly in the
+    timestep to `guidance_end` at t = 0 (None = constant; `scheduled_guidance`). `dual_prompt` (one per prompt, or
+    one for all) is a second positive prompt that says less than the prompt (e.g. without its motion words): the
+    guided prediction is uncond + guidance * (dual - uncond) + dual_guidance * (cond - dual) (ComfyUI's
+    DualCFGGuider; `dual_cfg`), at 1.5x the model calls; `dual_guidance` None = `guidance_scale`; `guidance_end`
+    moves both scales. `color_match` in (0, 1] (RGB SparseCtrl keyframes only) moves each decoded frame's colours
+    towards the keyframe pictures' (`zoetrope.sampling.colors`), the colour-match step of image-to-video workflows;
+    0 = off.
     """
     # 1. Check and normalise the request.
     if isinstance(prompt, (str, Mapping)):

@@ -68,7 +68,11 @@ def denoise(
     `scheduler.set_timesteps` must have been called (timesteps default to `scheduler.timesteps`).
     `start_step` (video-to-video): the latents are already noised to `timesteps[start_step]`
     (`scheduler.add_noise`); see `start_step_for_strength`. `generator` feeds stochastic schedulers (DDPM,
-    ancestral); it is passed only to schedulers whose `step` accepts it. `callback` gets `t` as a Python number.
+    ancestral); it is passed only to schedulers whose `step` accepts it. `callback` gets `t` as a Python number;
+    a callback with a `denoised` parameter also gets the scheduler's estimate of the clean latents at that step
+    (`pred_original_sample`: DDIM, DDPM, Euler; None from schedulers that do not report one, e.g. DPM++): the
+    live preview of ComfyUI and A1111, and what `bench/probe_trajectory.py` reads to find the step where a
+    sample's layout is decided (the last latents only show it after the final step, buried in noise before).
     `guide(step, t, latents)`, when given, returns the latents to denoise at that step before the model sees them
     (keyframe latent replacement pastes re-noised keyframes in); the scheduler then steps from what it returned.
     """
@@ -81,6 +85,7 @@ def denoise(
     if start_step > 0 and hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start_step)  # index-tracking schedulers (Euler, DPM++) start at the right sigma
     pass_step = _accepts(predict, "step")
+    pass_denoised = callback is not None and _accepts(callback, "denoised")
     step_kwargs = {"generator": generator} if _accepts(scheduler.step, "generator") else {}
     logger.debug("denoise: %d steps from index %d", len(timesteps) - start_step, start_step)
     for step in tqdm(range(start_step, len(timesteps)), disable=not progress, desc="denoising", leave=False):
@@ -89,7 +94,12 @@ def denoise(
             latents = guide(step, t, latents)
         model_input = scheduler.scale_model_input(latents, t)
         output = predict(model_input, t, step=step) if pass_step else predict(model_input, t)
-        latents = scheduler.step(output, t, latents, **step_kwargs).prev_sample
+        result = scheduler.step(output, t, latents, **step_kwargs)
+        latents = result.prev_sample
         if callback is not None:
-            callback(step, t.item() if isinstance(t, torch.Tensor) else t, latents)
+            t_value = t.item() if isinstance(t, torch.Tensor) else t
+            if pass_denoised:
+                callback(step, t_value, latents, denoised=getattr(result, "pred_original_sample", None))
+            else:
+                callback(step, t_value, latents)
     return latents
