@@ -68,13 +68,6 @@ def stills(
     return np.stack([frames_to_uint8(video) for video in result.frames]).astype(np.float64)
 
 
-def readback(grid: list[tuple[str, str, str]], images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(shape right, colour right) per still, each (len(grid), n) bool, of stills `images` (len(grid), n, h, w, 3)."""
-    shape = np.array([[classify_shape(frame[None]) == s for frame in frames] for (_, s, _), frames in zip(grid, images)])
-    colour = np.array([[classify_colour(frame[None]) == c for frame in frames] for (c, _, _), frames in zip(grid, images)])
-    return shape, colour
-
-
 def trajectory(
     pipeline, grid: list[tuple[str, str, str]], seeds: int, steps: int, guidance: float, rescale: float,
     scheduler: str = "ddim",
@@ -83,11 +76,13 @@ def trajectory(
 
     Every step's clean estimate (the sampler's x0 prediction, `generate`'s `denoised` preview) is decoded and read
     back like a finished still. Per step: the share of estimates in the asked shape / colour, and the share whose
-    reading already equals the finished still's. Per still, the step from which its shape reading no longer
+    shape reading already equals the finished still's. Per still, the step from which its shape reading no longer
     changes ("decided"); the median timestep of that over the stills says at which noise level the outline is
-    chosen (the twenty-ninth session: t ~ 800-600 on the world's models, four of DDIM's twenty steps), so that
-    training and sampling changes can be aimed there and checked."""
+    chosen (the twenty-ninth session: between t ~ 800 and ~ 450 on the world's models), so that training and
+    sampling changes can be aimed there and checked."""
     texts = [f"a {colour} {shape} on a {background} background" for colour, shape, background in grid]
+    asked_shapes = np.array([[shape] * seeds for _, shape, _ in grid])
+    asked_colours = np.array([[colour] * seeds for colour, _, _ in grid])
     estimates: list[torch.Tensor] = []
     timesteps: list[int] = []
 
@@ -98,16 +93,17 @@ def trajectory(
         estimates.append(denoised.float().cpu())
         timesteps.append(int(t))
 
-    finished = stills(pipeline, texts, seeds, steps, guidance, rescale, scheduler, callback=preview)
-    final_shapes = np.array([[classify_shape(frame[None]) for frame in frames] for frames in finished])
+    def read(images: np.ndarray, classify) -> np.ndarray:
+        return np.array([[classify(frame[None]) for frame in frames] for frames in images])
+
+    final_shapes = read(stills(pipeline, texts, seeds, steps, guidance, rescale, scheduler, callback=preview), classify_shape)
     shape_right, colour_right, agreement, readings = [], [], [], []
     for estimate in estimates:
         frames = decode_latents(pipeline.image_model.vae, estimate.to(pipeline.device, pipeline.dtype))
         images = np.stack([frames_to_uint8(video) for video in frames]).astype(np.float64)
-        shapes = np.array([[classify_shape(frame[None]) for frame in video] for video in images])
-        shape_ok, colour_ok = readback(grid, images)
-        shape_right.append(float(shape_ok.mean()))
-        colour_right.append(float(colour_ok.mean()))
+        shapes = read(images, classify_shape)
+        shape_right.append(float((shapes == asked_shapes).mean()))
+        colour_right.append(float((read(images, classify_colour) == asked_colours).mean()))
         agreement.append(float((shapes == final_shapes).mean()))
         readings.append(shapes)
     # The first step from which every later estimate reads the finished shape (the last estimate is the finished
@@ -123,7 +119,7 @@ def trajectory(
         "shape_accuracy": shape_right,
         "colour_accuracy": colour_right,
         "shape_agrees_with_final": agreement,
-        "shape_decided_t": {q: float(np.percentile(decided_t, p)) for q, p in (("q25", 25), ("median", 50), ("q75", 75))},
+        "shape_decided_t": {name: float(np.percentile(decided_t, q)) for name, q in (("q25", 25), ("median", 50), ("q75", 75))},
     }
 
 
@@ -246,11 +242,14 @@ def main() -> None:
     if args.trajectory:
         pipeline = stills_pipeline(args.model, args.vae)
         rescale = default_guidance_rescale(pipeline) if args.guidance_rescale is None else args.guidance_rescale
-        path = trajectory(pipeline, prompt_grid(args.prompts), args.seeds, args.steps, args.guidance, rescale, args.scheduler)
+        path = trajectory(
+            pipeline, prompt_grid(args.prompts), args.seeds, args.steps, args.guidance, rescale, args.scheduler
+        )
         print(f"{args.model}: {args.prompts * args.seeds} stills, the clean estimate at every step read back")
         print(f"  {'step':>4} {'t':>5} {'shape right':>12} {'colour right':>13} {'shape = finished':>17}")
         for step, t in enumerate(path["timesteps"]):
-            print(f"  {step:4d} {t:5d} {100 * path['shape_accuracy'][step]:10.1f} % {100 * path['colour_accuracy'][step]:11.1f} % "
+            shape, colour = path["shape_accuracy"][step], path["colour_accuracy"][step]
+            print(f"  {step:4d} {t:5d} {100 * shape:10.1f} % {100 * colour:11.1f} % "
                   f"{100 * path['shape_agrees_with_final'][step]:15.1f} %")
         quartiles = path["shape_decided_t"]
         print(f"  shape decided (its reading unchanged from then on) at t = {quartiles['median']:.0f} "

@@ -360,8 +360,9 @@ def test_word_classifier_probe_reads_colours_from_the_bundled_models_loss() -> N
 
 def test_image_bench_trajectory_reads_every_step_and_ends_on_the_finished_stills() -> None:
     """On the bundled base: one reading per sampler step at falling timesteps; the last step's estimate is the
-    finished still up to the scheduler's last alpha (its shape reading agrees), the colour is mostly right by then and already decided long
-    before the end; a sampler without a clean estimate is refused by name."""
+    finished still up to the scheduler's last alpha (its shape reading agrees far more than the first's does); the
+    colour is right by the end and not at pure noise; the decided timesteps lie inside the run; a sampler without a
+    clean estimate is refused by name."""
     import pytest
 
     from zoetrope.errors import InputError

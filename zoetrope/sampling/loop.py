@@ -71,8 +71,8 @@ def denoise(
     ancestral); it is passed only to schedulers whose `step` accepts it. `callback` gets `t` as a Python number;
     a callback with a `denoised` parameter also gets the scheduler's estimate of the clean latents at that step
     (`pred_original_sample`: DDIM, DDPM, Euler; None from schedulers that do not report one, e.g. DPM++): the
-    live preview of ComfyUI and A1111, and what `bench/probe_trajectory.py` reads to find the step where a
-    sample's layout is decided (the last latents only show it after the final step, buried in noise before).
+    live preview of ComfyUI and A1111, and what `bench/eval_image_model.py --trajectory` reads to find the step
+    where a sample's layout is decided (the latents themselves show it only at the end, buried in noise before).
     `guide(step, t, latents)`, when given, returns the latents to denoise at that step before the model sees them
     (keyframe latent replacement pastes re-noised keyframes in); the scheduler then steps from what it returned.
     """
