@@ -39,7 +39,7 @@ from zoetrope.pipelines.text_to_video import default_guidance_rescale, generate
 from zoetrope.training.stages import motion_config_for
 from zoetrope.world.bundled import bundled_paths
 from zoetrope.world.metrics import UNKNOWN, classify_background, classify_colour, classify_shape, track_object
-from zoetrope.world.render import BACKGROUNDS, COLOURS, MOTION_PHRASES, SHAPES
+from zoetrope.world.render import BACKGROUNDS, COLOURS, MOTION_PHRASES, SHAPES, Intent, caption
 
 SIZE = 64
 
@@ -52,6 +52,11 @@ def prompt_grid(count: int) -> list[tuple[str, str, str]]:
         (colours[i % len(colours)], SHAPES[(i // len(colours) + i) % len(SHAPES)], backgrounds[(i // 3) % len(backgrounds)])
         for i in range(count)
     ]
+
+
+def grid_captions(grid: list[tuple[str, str, str]]) -> list[str]:
+    """The world's clean still captions ("a red square on a grey background") of (colour, shape, background) triples."""
+    return [caption(Intent(shape=shape, colour=colour, background=background), video=False) for colour, shape, background in grid]
 
 
 def stills(
@@ -80,7 +85,7 @@ def trajectory(
     changes ("decided"); the median timestep of that over the stills says at which noise level the outline is
     chosen (the twenty-ninth session: between t ~ 800 and ~ 450 on the world's models), so that training and
     sampling changes can be aimed there and checked."""
-    texts = [f"a {colour} {shape} on a {background} background" for colour, shape, background in grid]
+    texts = grid_captions(grid)
     asked_shapes = np.array([[shape] * seeds for _, shape, _ in grid])
     asked_colours = np.array([[colour] * seeds for colour, _, _ in grid])
     estimates: list[torch.Tensor] = []
@@ -184,7 +189,7 @@ def evaluate(
     pipeline = stills_pipeline(model, vae)
     rescale = default_guidance_rescale(pipeline) if rescale is None else rescale
     grid = prompt_grid(prompts)
-    texts = [f"a {colour} {shape} on a {background} background" for colour, shape, background in grid]
+    texts = grid_captions(grid)
     images = stills(pipeline, texts, seeds, steps, guidance, rescale, scheduler)
     hits, confusion = score_stills(grid, images)
     total = prompts * seeds

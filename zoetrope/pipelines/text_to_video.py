@@ -38,14 +38,11 @@ from zoetrope.sampling.guidance import (
     ZERO_SNR_GUIDANCE_RESCALE, cfg, dual_cfg, motion_scale_schedule, rescale_guidance, scheduled_guidance,
 )
 from zoetrope.sampling.keyframes import keyframe_replacement, replacement_steps
-from zoetrope.sampling.loop import denoise, start_step_for_strength
+from zoetrope.sampling.loop import StepCallback, denoise, start_step_for_strength
 from zoetrope.sampling.noise import freeinit_filter, freeinit_mix, make_noise
 from zoetrope.sampling.prompts import parse_prompt_map, travel_embeddings
 
 logger = logging.getLogger(__name__)
-
-# callback(step, t, latents), or with a `denoised` keyword also the step's clean estimate (`sampling.loop.denoise`)
-StepCallback = Callable[..., None]
 
 
 @dataclass

@@ -25,7 +25,8 @@ from zoetrope.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 Predict = Callable[..., torch.Tensor]
-StepCallback = Callable[[int, Any, torch.Tensor], None]
+# callback(step, t, latents), or with a `denoised` keyword also the step's clean estimate (see `denoise`)
+StepCallback = Callable[..., None]
 Guide = Callable[[int, Any, torch.Tensor], torch.Tensor]
 
 
