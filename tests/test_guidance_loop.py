@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, LCMScheduler
 
 from zoetrope.errors import ConfigError, InputError
 from zoetrope.sampling.context import ContextConfig, wrap_predict_with_context
@@ -98,12 +98,15 @@ def test_ddim_with_exact_noise_recovers_x0():
 
 
 def test_callback_with_denoised_sees_the_clean_estimate():
-    """With the exact noise every step's clean estimate is x0 itself (DDIM, Euler); a scheduler that reports
-    none gives None; a callback without the keyword is called as before."""
+    """With the exact noise every step's clean estimate is x0 itself, under each name diffusers gives it: DDIM and
+    Euler (`pred_original_sample`), LCM (`denoised`), DPM++ 2M Karras (its converted model output); a scheduler
+    that reports none gives None; a callback without the keyword is called as before."""
     torch.manual_seed(1)
     x0 = torch.randn(1, 4, 2, 4, 4) * 0.5
     for scheduler in (
         DDIMScheduler(**SD_BETAS, set_alpha_to_one=True, clip_sample=False), EulerDiscreteScheduler(**SD_BETAS),
+        LCMScheduler(**SD_BETAS, clip_sample=False),
+        DPMSolverMultistepScheduler(**SD_BETAS, algorithm_type="dpmsolver++", use_karras_sigmas=True),
     ):
         scheduler.set_timesteps(6)
         estimates, plain = [], []
@@ -115,7 +118,7 @@ def test_callback_with_denoised_sees_the_clean_estimate():
         denoise(oracle(scheduler, x0), noise, scheduler, progress=False, callback=preview)
         assert [step for step, _ in estimates] == list(range(6))
         for _, denoised in estimates:
-            torch.testing.assert_close(denoised, x0, atol=5e-3, rtol=0)  # Euler: t rounds to the table
+            torch.testing.assert_close(denoised, x0, atol=5e-3, rtol=0)  # Euler, DPM++: t rounds to the table
         scheduler.set_timesteps(6)
         denoise(oracle(scheduler, x0), noise, scheduler, progress=False, callback=lambda s, t, x: plain.append(s))
         assert plain == list(range(6))

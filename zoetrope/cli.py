@@ -256,6 +256,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.show_windows and "context" in settings:
         print(describe_windows(args.frames, args.steps, settings["context"]))
     fps = args.fps or 8
+    if args.preview:
+        if args.keyframes_first:
+            raise ConfigError("--preview shows one sampling pass; --keyframes-first runs several, so drop one of them")
+        from zoetrope.pipelines.preview import PreviewWriter
+
+        settings["callback"] = PreviewWriter(pipeline.image_model.vae, args.preview, every=args.preview_every, fps=fps)
     if args.video:
         from zoetrope.pipelines.video_to_video import video_to_video
 
@@ -588,6 +594,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_generation_arguments(generate)
     add_sampling_arguments(generate)
     generate.add_argument("-o", "--output", default=None, help="output file: .gif, .mp4, .webp, or .png (frames folder)")
+    generate.add_argument(
+        "--preview", default=None, metavar="PATH",
+        help="live preview: write the sampler's estimate of the finished first video here every --preview-every steps "
+        "(rewritten in place; with {step} in the path, e.g. preview/{step:03d}.gif, one file per step)",
+    )
+    generate.add_argument("--preview-every", type=int, default=5, metavar="N", help="steps between previews (default 5)")
     generate.set_defaults(handler=cmd_generate)
 
     run = commands.add_parser("run", help="run an official AnimateDiff prompt config (YAML)")

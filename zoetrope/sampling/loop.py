@@ -38,6 +38,26 @@ def _accepts(function: Callable[..., Any], name: str) -> bool:
     return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
+def clean_estimate(scheduler: Any, result: Any) -> torch.Tensor | None:
+    """The scheduler's estimate of the clean latents at the step that just returned `result`, or None.
+
+    Every scheduler computes one on the way, but diffusers reports it under different names: `pred_original_sample`
+    (DDIM, DDPM, Euler, Euler a), `denoised` (LCM, its boundary-conditioned x0); the DPM-Solver++ family returns only
+    `prev_sample` and keeps its converted model output, which for `algorithm_type="dpmsolver++"` *is* the x0
+    estimate, as the newest entry of `model_outputs`. One place that knows the three, so a preview works with every
+    sampler `--scheduler` offers.
+    """
+    for name in ("pred_original_sample", "denoised"):
+        value = getattr(result, name, None)
+        if value is not None:
+            return value
+    config = getattr(scheduler, "config", None)
+    outputs = getattr(scheduler, "model_outputs", None)
+    if config is not None and getattr(config, "algorithm_type", None) in ("dpmsolver++", "sde-dpmsolver++") and outputs:
+        return outputs[-1]
+    return None
+
+
 def start_step_for_strength(num_steps: int, strength: float, order: int = 1) -> int:
     """First index into the scheduler's timesteps for video-to-video at `strength` (1 = from pure noise).
 
@@ -71,7 +91,7 @@ def denoise(
     (`scheduler.add_noise`); see `start_step_for_strength`. `generator` feeds stochastic schedulers (DDPM,
     ancestral); it is passed only to schedulers whose `step` accepts it. `callback` gets `t` as a Python number;
     a callback with a `denoised` parameter also gets the scheduler's estimate of the clean latents at that step
-    (`pred_original_sample`: DDIM, DDPM, Euler; None from schedulers that do not report one, e.g. DPM++): the
+    (`clean_estimate`: every sampler `--scheduler` offers has one; None from a scheduler that keeps none): the
     live preview of ComfyUI and A1111, and what `bench/eval_image_model.py --trajectory` reads to find the step
     where a sample's layout is decided (the latents themselves show it only at the end, buried in noise before).
     `guide(step, t, latents)`, when given, returns the latents to denoise at that step before the model sees them
@@ -100,7 +120,7 @@ def denoise(
         if callback is not None:
             t_value = t.item() if isinstance(t, torch.Tensor) else t
             if pass_denoised:
-                callback(step, t_value, latents, denoised=getattr(result, "pred_original_sample", None))
+                callback(step, t_value, latents, denoised=clean_estimate(scheduler, result))
             else:
                 callback(step, t_value, latents)
     return latents
