@@ -378,6 +378,24 @@ def test_world_make_with_a_speed_range(tmp_path, capsys) -> None:
     assert rows and all(row["camera"] == "zoom in" and 0.8 <= row["camera_speed"] <= 1.0 for row in rows)
     assert main(["world", "make", str(tmp_path / "bad"), "--camera-speed-range", "0", "1"]) != 0
     assert "camera_speed_range" in capsys.readouterr().err
+    faint, flat = tmp_path / "faint", tmp_path / "flat"
+    for folder, amplitude in ((faint, "8"), (flat, "0")):
+        assert main(["world", "make", str(folder), "--scale", "0.01", "--texture-amplitude", amplitude]) == 0
+    assert json.loads((faint / "world.json").read_text())["config"]["texture_amplitude"] == 8.0
+
+    def background_spread(folder) -> float:
+        """Largest per-channel std of the first still's pixels well away from its shape."""
+        from PIL import Image
+
+        row = json.loads((folder / "images" / "metadata.jsonl").read_text().splitlines()[0])
+        image = np.asarray(Image.open(folder / "images" / row["file_name"]), dtype=float)
+        y, x = np.mgrid[0:64, 0:64] + 0.5
+        far = np.hypot(x - row["x"] * 64, y - row["y"] * 64) > 2 * row["radius"] * 64 + 2
+        return float(image[far].std(axis=0).max())
+
+    assert background_spread(flat) == 0.0 and background_spread(faint) > 0.5
+    assert main(["world", "make", str(tmp_path / "bad"), "--texture-amplitude", "-1"]) != 0
+    assert "texture_amplitude" in capsys.readouterr().err
 
 
 def test_generate_keyframes_first(files, sparsectrl_file, tmp_path, capsys) -> None:

@@ -488,7 +488,7 @@ def cmd_world_make(args: argparse.Namespace) -> int:
     config = WorldConfig(
         size=args.size, num_frames=args.frames, trail_alpha=args.trail_alpha, speed_range=tuple(args.speed_range),
         angle_range=tuple(args.angle_range), camera_speed_range=tuple(args.camera_speed_range),
-        equal_area=args.equal_area,
+        equal_area=args.equal_area, texture_amplitude=args.texture_amplitude,
     )
     files = make_preset(args.preset, args.output, config=config, seed=args.seed, scale=args.scale, overwrite=args.overwrite)
     print(f"wrote {args.preset} world to {args.output}: {files}")
@@ -654,6 +654,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--equal-area", action="store_true",
         help="draw every shape with the area of a circle of the same size (default: the same circumradius, what the "
         "shipped models saw, where triangles and stars cover 43 %% of a circle's pixels)",
+    )
+    make.add_argument(
+        "--texture-amplitude", type=float, default=16.0, metavar="LEVELS",
+        help="peak of the faint background texture in 8-bit levels (default 16, what the shipped models saw; the "
+        "texture is what makes camera motion visible: 8 still reads 40 / 40 camera clips, 4 reads 37 / 40)",
     )
     make.add_argument("--overwrite", action="store_true")
     make.set_defaults(handler=cmd_world_make)

@@ -229,6 +229,11 @@ class WorldConfig:
             ("motions", self.motions, MOTIONS),
         ):
             _check_names(f"WorldConfig.{name}", values, known)
+        if not 0.0 <= self.texture_amplitude <= 64.0:
+            raise ConfigError(
+                f"WorldConfig.texture_amplitude: found {self.texture_amplitude}, expected 0-64 (8-bit levels; 16 is what "
+                "the shipped models saw, 0 = flat backgrounds, on which camera motion cannot be seen)"
+            )
         if not 0.0 < self.watermark_fraction < 0.5:
             raise ConfigError(
                 f"WorldConfig.watermark_fraction: found {self.watermark_fraction}, expected a value in (0, 0.5)"
