@@ -343,6 +343,43 @@ def test_gradient_accumulation_equals_one_bigger_batch(training_files, tmp_path)
     assert any(parameter.grad.abs().max() > 0 for parameter in big.trainable.values())
 
 
+def test_compile_trains_the_same_model_under_the_same_names(training_files, tmp_path, monkeypatch) -> None:
+    """`compile: true` (in place): the same loss and gradients as eager up to float rounding, and an export with
+    the same keys and (after two steps) nearly the same values; the parameters keep their names. The graph goes
+    through Dynamo and AOTAutograd as in a real run, but to the `aot_eager` backend: Inductor's C++ code generation
+    would take minutes of the suite for the same wiring (its speed is measured in the docs, not here)."""
+    from torch._dynamo import lookup_backend
+
+    graphs = []
+
+    def counting_aot_eager(graph, example_inputs):
+        graphs.append(graph)
+        return lookup_backend("aot_eager")(graph, example_inputs)
+
+    compile_in_place = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda module, **_: compile_in_place(module, backend=counting_aot_eager))
+    data = TensorClips(count=2, image=True)
+    trainers = [
+        Trainer(make_config(training_files, tmp_path / name, "image", steps=2, **changes), dataset=data)
+        for name, changes in (("eager", {}), ("compiled", {"compile": True}))
+    ]
+    eager, compiled = trainers
+    assert list(compiled.trainable) == list(eager.trainable)
+    batch = collate([data[0]])
+    losses = [trainer.accumulate([batch]) for trainer in trainers]
+    assert graphs  # the compiled trainer's step went through the compiler (the eager one cannot add any)
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    for name, parameter in eager.trainable.items():
+        torch.testing.assert_close(compiled.trainable[name].grad, parameter.grad, atol=1e-5, rtol=1e-3)
+    exports = []
+    for trainer in trainers:
+        trainer.optimizer.zero_grad(set_to_none=True)
+        exports.append(load_state_dict(trainer.fit()))
+    assert exports[1].keys() == exports[0].keys()
+    for key, value in exports[0].items():
+        torch.testing.assert_close(exports[1][key], value, atol=1e-4, rtol=1e-3)
+
+
 def test_resume_is_exact(training_files, tmp_path) -> None:
     changes = dict(steps=6, lr_schedule="cosine", warmup_steps=2, caption_dropout=0.5, checkpoint_every=2,
                    keep_checkpoints=2)

@@ -380,6 +380,8 @@ class Trainer:
         if not self.trainable:
             raise ConfigError(f"stage {self.stage.name!r}: nothing to train (no parameter requires grad)")
         self.module.train()  # frozen parts too: diffusers' gradient checkpointing acts only in training mode
+        if config.compile:  # in place (nn.Module.compile): parameter names, checkpoints and exports are unchanged
+            self.module.compile()
         self.network: nn.Module = self.module
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
