@@ -396,6 +396,11 @@ def test_world_make_with_a_speed_range(tmp_path, capsys) -> None:
     assert background_spread(flat) == 0.0 and background_spread(faint) > 0.5
     assert main(["world", "make", str(tmp_path / "bad"), "--texture-amplitude", "-1"]) != 0
     assert "texture_amplitude" in capsys.readouterr().err
+    fixed = tmp_path / "fixed"
+    assert main(["world", "make", str(fixed), "--scale", "0.01", "--fixed-textures"]) == 0
+    assert json.loads((fixed / "world.json").read_text())["config"]["fixed_textures"] is True
+    rows = [json.loads(line) for line in (fixed / "images" / "metadata.jsonl").read_text().splitlines()]
+    assert len({(row["background"], row["texture_seed"]) for row in rows}) == len({row["background"] for row in rows})
 
 
 def test_generate_keyframes_first(files, sparsectrl_file, tmp_path, capsys) -> None:

@@ -314,3 +314,27 @@ def test_equal_area_gives_every_shape_the_pixels_of_a_circle() -> None:
     for shape in SHAPES:  # the geometry is exact; the foreground threshold trims more of a pointed outline's edge
         assert equal[shape] / equal["circle"] == pytest.approx(1.0, abs=0.12), (shape, equal)
     assert equal["circle"] == pytest.approx(plain["circle"], rel=0.02)
+
+
+def test_fixed_textures_give_each_background_one_texture_and_change_nothing_else() -> None:
+    """`fixed_textures`: every clip on one background colour has that colour's texture (and so the same background
+    pixels), other colours differ, every other draw is the default world's, and camera motion is still seen."""
+    from zoetrope.world.metrics import classify_camera
+
+    fixed = WorldConfig(fixed_textures=True)
+    default_rng, fixed_rng = np.random.default_rng(3), np.random.default_rng(3)
+    pairs = [(sample_clip_spec(default_rng, CONFIG), sample_clip_spec(fixed_rng, fixed)) for _ in range(40)]
+    for plain, textured in pairs:
+        assert dataclasses.replace(textured, texture_seed=plain.texture_seed) == plain
+    seeds: dict[str, set[int]] = {}
+    for _, spec in pairs:
+        seeds.setdefault(spec.background, set()).add(spec.texture_seed)
+    assert len(seeds) == len(BACKGROUNDS) and all(len(values) == 1 for values in seeds.values())
+    assert len({next(iter(values)) for values in seeds.values()}) == len(BACKGROUNDS)
+    same = [spec for _, spec in pairs if spec.background == pairs[0][1].background][:2]
+    images = [render_image(dataclasses.replace(spec, x=0.2, y=0.2, radius=0.1), fixed) for spec in same]
+    assert np.array_equal(images[0][40:, 40:], images[1][40:, 40:])  # the corner away from both shapes
+    rng = np.random.default_rng(5)
+    for camera in CAMERA_MOTIONS:
+        spec = sample_clip_spec(rng, fixed, camera=camera)
+        assert classify_camera(render_clip(spec, fixed), fixed) == camera

@@ -488,7 +488,7 @@ def cmd_world_make(args: argparse.Namespace) -> int:
     config = WorldConfig(
         size=args.size, num_frames=args.frames, trail_alpha=args.trail_alpha, speed_range=tuple(args.speed_range),
         angle_range=tuple(args.angle_range), camera_speed_range=tuple(args.camera_speed_range),
-        equal_area=args.equal_area, texture_amplitude=args.texture_amplitude,
+        equal_area=args.equal_area, texture_amplitude=args.texture_amplitude, fixed_textures=args.fixed_textures,
     )
     files = make_preset(args.preset, args.output, config=config, seed=args.seed, scale=args.scale, overwrite=args.overwrite)
     print(f"wrote {args.preset} world to {args.output}: {files}")
@@ -659,6 +659,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--texture-amplitude", type=float, default=16.0, metavar="LEVELS",
         help="peak of the faint background texture in 8-bit levels (default 16, what the shipped models saw; the "
         "texture is what makes camera motion visible: 8 still reads 40 / 40 camera clips, 4 reads 37 / 40)",
+    )
+    make.add_argument(
+        "--fixed-textures", action="store_true",
+        help="one background texture per background colour instead of a new one per clip (default: new per clip, "
+        "what the shipped models saw)",
     )
     make.add_argument("--overwrite", action="store_true")
     make.set_defaults(handler=cmd_world_make)
