@@ -5,39 +5,27 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import make_tiny_image_model, make_tiny_motion_modules
+from conftest import make_tiny_image_model
 from zoetrope.cli import main
 from zoetrope.errors import ConfigError
-from zoetrope.formats.motion import save_motion_module
-from zoetrope.formats.sd_single_file import save_sd_single_file
 from zoetrope.media import read_video
 from zoetrope.pipelines.preview import PreviewWriter
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models")
-    image = make_tiny_image_model()
-    model = folder / "tiny-sd.safetensors"
-    save_sd_single_file(image.unet, image.vae, image.text_encoder, model)
-    motion = save_motion_module(make_tiny_motion_modules(), folder / "mm_tiny.safetensors")
-    return model, motion
-
-
 def _generate(files, tmp_path, *extra: str) -> int:
-    model, motion = files
+    """`zoetrope generate` on conftest's tiny single-file model and motion module (`training_files`)."""
     return main([
-        "generate", "a red circle moving right", "--model", str(model), "--motion-module", str(motion),
+        "generate", "a red circle moving right", "--model", files["base"], "--motion-module", files["motion"],
         "--frames", "4", "--width", "32", "--height", "32", "--steps", "4", "--seed", "3",
         "-o", str(tmp_path / "out.gif"), *extra,
     ])
 
 
-def test_preview_every_two_steps_ends_at_the_output(files, tmp_path) -> None:
+def test_preview_every_two_steps_ends_at_the_output(training_files, tmp_path) -> None:
     """DDIM's last step returns its clean estimate (alpha_prev = 1), so the step-4 preview is the output, pixel for
     pixel (both GIFs of the same frames); the step-2 preview is an earlier, different estimate; steps 1 and 3 are skipped."""
     pattern = str(tmp_path / "preview-{step}.gif")
-    assert _generate(files, tmp_path, "--preview", pattern, "--preview-every", "2") == 0
+    assert _generate(training_files, tmp_path, "--preview", pattern, "--preview-every", "2") == 0
     written = sorted(path.name for path in tmp_path.glob("preview-*"))
     assert written == ["preview-2.gif", "preview-4.gif"]
     output, _ = read_video(tmp_path / "out.gif")
@@ -48,26 +36,26 @@ def test_preview_every_two_steps_ends_at_the_output(files, tmp_path) -> None:
     assert np.abs(early.astype(int) - output.astype(int)).mean() > 1.0
 
 
-def test_preview_with_dpm_plus_plus_and_one_rewritten_file(files, tmp_path) -> None:
+def test_preview_with_dpm_plus_plus_and_one_rewritten_file(training_files, tmp_path) -> None:
     """DPM++ reports no `pred_original_sample`; its converted model output is the estimate. One path without
     `{step}` is rewritten in place: one GIF of the clip's frame count at the end."""
     target = tmp_path / "live.gif"
-    assert _generate(files, tmp_path, "--scheduler", "dpm++2m-karras", "--preview", str(target)) == 0  # every 5 > 4
+    assert _generate(training_files, tmp_path, "--scheduler", "dpm++2m-karras", "--preview", str(target)) == 0  # every 5 > 4
     assert not target.exists()
-    assert _generate(files, tmp_path, "--scheduler", "dpm++2m-karras", "--preview", str(target), "--preview-every", "1") == 0
+    assert _generate(training_files, tmp_path, "--scheduler", "dpm++2m-karras", "--preview", str(target), "--preview-every", "1") == 0
     frames, _ = read_video(target)
     assert frames.shape == (4, 32, 32, 3)
     assert [path.name for path in tmp_path.glob("*live.gif*")] == ["live.gif"]  # no temporary left beside it
 
 
-def test_bad_preview_settings_are_one_line_errors(files, tmp_path, capsys) -> None:
-    assert _generate(files, tmp_path, "--preview", str(tmp_path / "p.avi")) == 2
+def test_bad_preview_settings_are_one_line_errors(training_files, tmp_path, capsys) -> None:
+    assert _generate(training_files, tmp_path, "--preview", str(tmp_path / "p.avi")) == 2
     assert "unknown format '.avi'" in capsys.readouterr().err
-    assert _generate(files, tmp_path, "--preview", str(tmp_path / "p-{frame}.gif")) == 2
+    assert _generate(training_files, tmp_path, "--preview", str(tmp_path / "p-{frame}.gif")) == 2
     assert "only the field {step}" in capsys.readouterr().err
-    assert _generate(files, tmp_path, "--preview", str(tmp_path / "p.gif"), "--preview-every", "0") == 2
+    assert _generate(training_files, tmp_path, "--preview", str(tmp_path / "p.gif"), "--preview-every", "0") == 2
     assert "expected a whole number >= 1" in capsys.readouterr().err
-    assert _generate(files, tmp_path, "--preview", str(tmp_path / "p.gif"), "--keyframes-first") == 2
+    assert _generate(training_files, tmp_path, "--preview", str(tmp_path / "p.gif"), "--keyframes-first") == 2
     assert "runs several" in capsys.readouterr().err
 
 
