@@ -94,7 +94,7 @@ def trajectory(
     def preview(step: int, t: int, latents: torch.Tensor, denoised: torch.Tensor | None) -> None:
         if denoised is None:
             raise InputError(f"--trajectory reads the sampler's clean estimate; scheduler {scheduler!r} reports none "
-                             "(use ddim, euler or euler_a)")
+                             "(every sampler `--scheduler` offers reports one)")
         estimates.append(denoised.float().cpu())
         timesteps.append(int(t))
 
