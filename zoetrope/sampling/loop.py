@@ -51,11 +51,9 @@ def clean_estimate(scheduler: Any, result: Any) -> torch.Tensor | None:
         value = getattr(result, name, None)
         if value is not None:
             return value
-    config = getattr(scheduler, "config", None)
+    algorithm = getattr(getattr(scheduler, "config", None), "algorithm_type", None)
     outputs = getattr(scheduler, "model_outputs", None)
-    if config is not None and getattr(config, "algorithm_type", None) in ("dpmsolver++", "sde-dpmsolver++") and outputs:
-        return outputs[-1]
-    return None
+    return outputs[-1] if algorithm in ("dpmsolver++", "sde-dpmsolver++") and outputs else None
 
 
 def start_step_for_strength(num_steps: int, strength: float, order: int = 1) -> int:
