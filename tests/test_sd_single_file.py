@@ -233,6 +233,32 @@ def test_motion_module_passed_as_sd_model(tmp_path):
         load_sd_single_file(path)
 
 
+def test_pooled_caption_unet_round_trips_under_if_names(tiny, tmp_path):
+    """A UNet with the caption pooled into its timestep embedding (`addition_embed_type: text`, the shapes world's
+    thirty-first session) is written under DeepFloyd IF's `encoder_pooling.{0..3}` names and reads back exactly."""
+    unet = make_tiny_unet(addition_embed_type="text", addition_embed_type_num_heads=4)
+    path = save_sd_single_file(unet, tiny[1], tiny[2], tmp_path / "pooled.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        pooled = sorted(key for key in handle.keys() if ".encoder_pooling." in key)
+    assert pooled == sorted(
+        f"model.diffusion_model.encoder_pooling.{name}"
+        for name in ("0.weight", "0.bias", "1.positional_embedding", "1.k_proj.weight", "1.k_proj.bias",
+                     "1.q_proj.weight", "1.q_proj.bias", "1.v_proj.weight", "1.v_proj.bias", "2.weight", "2.bias",
+                     "3.weight", "3.bias")
+    )
+    loaded = load_sd_single_file(path)
+    assert loaded.unet.config.addition_embed_type == "text"
+    assert_same_weights(unet, loaded.unet)
+    expected, actual = forward_all(unet, *tiny[1:])[0], forward_all(loaded.unet, *tiny[1:])[0]
+    assert torch.equal(expected, actual)
+    # the pooled path is live: zeroing its projection changes the prediction
+    with torch.no_grad():
+        loaded.unet.add_embedding.proj.weight.zero_()
+    assert not torch.allclose(forward_all(loaded.unet, *tiny[1:])[0], expected)
+
+
 def test_writer_refuses_non_safetensors_and_foreign_parameters(tiny, tmp_path):
     with pytest.raises(CheckpointError, match=r"\.safetensors"):
         save_sd_single_file(*tiny, tmp_path / "model.ckpt")

@@ -464,6 +464,8 @@ def test_resume_with_another_config_is_refused(training_files, tmp_path) -> None
 
 
 def test_from_scratch_vae_then_image_model_round_trip(tmp_path) -> None:
+    """A VAE, then an image model (UNet with a pooled caption + text encoder) from scratch on it; both exports
+    load back bit for bit."""
     from zoetrope.pipelines.components import load_image_model
     from zoetrope.formats.vae_file import load_vae_file
 
@@ -489,11 +491,15 @@ def test_from_scratch_vae_then_image_model_round_trip(tmp_path) -> None:
                         pad_token_id=49407)
     config = load_train_config({
         "stage": "image", "output_dir": str(tmp_path / "image"), "caption_dropout": 0.0,
-        "model": {"vae": str(vae_path), "architecture": {"unet": dict(TINY_UNET), "text_encoder": text_encoder}},
+        # the caption also pooled into the timestep embedding (thirty-first session), exported under IF's names
+        "model": {"vae": str(vae_path), "architecture": {
+            "unet": {**TINY_UNET, "addition_embed_type": "text", "addition_embed_type_num_heads": 4},
+            "text_encoder": text_encoder}},
         **common,
     })
     trainer = Trainer(config, dataset=TensorClips(image=True))
     assert any(name.startswith("text_encoder.") for name in trainer.trainable)  # trained jointly from scratch
+    assert any(".add_embedding.pool." in name for name in trainer.trainable)
     assert not any(name.startswith("vae.") for name in trainer.trainable)
     exported = trainer.fit()
     model = load_image_model(exported)

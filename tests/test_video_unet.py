@@ -109,8 +109,11 @@ def test_v2_v3_groupnorm_is_per_frame() -> None:
     assert _frame_leak("per_frame") == 0.0
 
 
-def test_zero_initialised_modules_equal_the_image_unet_per_frame() -> None:
-    unet = make_tiny_unet()
+@pytest.mark.parametrize("unet_options", [{}, {"addition_embed_type": "text", "addition_embed_type_num_heads": 4}],
+                         ids=["sd15", "pooled-caption"])
+def test_zero_initialised_modules_equal_the_image_unet_per_frame(unet_options: dict) -> None:
+    """Also for a UNet that pools the caption into its timestep embedding: each frame gets its own copy."""
+    unet = make_tiny_unet(**unet_options)
     video = VideoUNet(unet, MotionModules(tiny_motion_config()))  # zero_init=True by default
     sample, timestep, text = _inputs()
     with torch.no_grad():

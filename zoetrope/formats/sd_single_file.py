@@ -110,6 +110,11 @@ def unet_prefix_map(config: Mapping[str, Any]) -> PrefixMap:
         "mid_block.attentions.0": ("middle_block.1", IDENTITY),
         "mid_block.resnets.1": ("middle_block.2", UNET_RESNET),
     }
+    if config.get("addition_embed_type") == "text":
+        # A caption pooled into the timestep embedding (diffusers' TextTimeEmbedding), named as DeepFloyd IF's
+        # LDM-style UNet names it (`encoder_pooling`: LayerNorm, AttentionPooling, Linear, LayerNorm).
+        for index, name in enumerate(("norm1", "pool", "proj", "norm2")):
+            entries[f"add_embedding.{name}"] = (f"encoder_pooling.{index}", IDENTITY)
     for block, block_type in enumerate(down_types):
         for layer in range(layers):
             index = 1 + block * (layers + 1) + layer

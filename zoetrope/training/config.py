@@ -29,6 +29,11 @@ class ArchitectureConfig:
     transformers `CLIPTextConfig`. A part left empty is not built here (it comes from `model.image_model` or
     `model.vae`).
 
+    `unet: {addition_embed_type: text}` also pools the caption (attention pooling, as DeepFloyd IF) into the
+    timestep embedding, so every ResNet block sees it, not only the cross-attention layers: on the shapes world
+    it drew more of the asked shapes in the same steps (docs/world-training.md, thirty-first session). Such a UNet
+    is no longer SD1.5's layout; its single-file export names the extra weights `encoder_pooling.*` as IF does.
+
     `vae_initial_logvar` starts a scratch VAE's posterior log-variance there (the bias of the log-variance half of
     `quant_conv`) instead of near 0, so the decoder learns on near-deterministic latents from step 0. It does not
     keep them there: Adam rescales even SD's tiny KL gradient (weight 1e-6) to a learning-rate-sized step, and on the
