@@ -31,7 +31,8 @@ class ArchitectureConfig:
 
     `unet: {addition_embed_type: text}` also pools the caption (attention pooling, as DeepFloyd IF) into the
     timestep embedding, so every ResNet block sees it, not only the cross-attention layers: on the shapes world
-    it drew more of the asked shapes in the same steps (docs/world-training.md, thirty-first session). Such a UNet
+    it drew in 3,000 steps the shapes its control drew in 6,000, and no more after that (docs/world-training.md,
+    thirty-first session). Such a UNet
     is no longer SD1.5's layout; its single-file export names the extra weights `encoder_pooling.*` as IF does.
 
     `vae_initial_logvar` starts a scratch VAE's posterior log-variance there (the bias of the log-variance half of
