@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from conftest import make_tiny_motion_modules, make_tiny_text_encoder, make_tiny_unet, make_tiny_vae
 from zoetrope.errors import CheckpointError
@@ -238,8 +239,6 @@ def test_pooled_caption_unet_round_trips_under_if_names(tiny, tmp_path):
     thirty-first session) is written under DeepFloyd IF's `encoder_pooling.{0..3}` names and reads back exactly."""
     unet = make_tiny_unet(addition_embed_type="text", addition_embed_type_num_heads=4)
     path = save_sd_single_file(unet, tiny[1], tiny[2], tmp_path / "pooled.safetensors")
-    from safetensors import safe_open
-
     with safe_open(str(path), "pt") as handle:
         pooled = sorted(key for key in handle.keys() if ".encoder_pooling." in key)
     assert pooled == sorted(

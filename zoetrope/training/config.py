@@ -32,8 +32,8 @@ class ArchitectureConfig:
     `unet: {addition_embed_type: text}` also pools the caption (attention pooling, as DeepFloyd IF) into the
     timestep embedding, so every ResNet block sees it, not only the cross-attention layers: on the shapes world
     it drew in 3,000 steps the shapes its control drew in 6,000, and no more after that (docs/world-training.md,
-    thirty-first session). Such a UNet
-    is no longer SD1.5's layout; its single-file export names the extra weights `encoder_pooling.*` as IF does.
+    thirty-first session). Such a UNet is no longer SD1.5's layout; its single-file export names the extra
+    weights `encoder_pooling.*` as IF does, which zoetrope's loaders read back (other SD tools do not know them).
 
     `vae_initial_logvar` starts a scratch VAE's posterior log-variance there (the bias of the log-variance half of
     `quant_conv`) instead of near 0, so the decoder learns on near-deterministic latents from step 0. It does not
